@@ -1,0 +1,83 @@
+"""PDF access over pypdf: text layer and embedded files.
+
+Every failure of pypdf on hostile or broken input becomes a ``BadDocumentError``:
+pypdf raises a wide range of exception types on malformed files (its own
+``PdfReadError`` but also ``ValueError``, ``KeyError``, ``RecursionError`` ...),
+so the translation here is deliberately broad.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from pypdf import PdfReader
+
+from invoicesync.errors import BadDocumentError
+
+__all__ = ["PDF_MAGIC", "embedded_files", "is_pdf", "open_pdf", "pdf_text"]
+
+PDF_MAGIC = b"%PDF-"
+
+# pypdf logs every recoverable oddity at WARNING; in a mail pipeline these are noise.
+logging.getLogger("pypdf").setLevel(logging.ERROR)
+
+
+def is_pdf(data: bytes) -> bool:
+    """True when the bytes start like a PDF (allowing the few junk bytes readers accept)."""
+    return PDF_MAGIC in data[:1024]
+
+
+@contextmanager
+def _translated(what: str) -> Iterator[None]:
+    try:
+        yield
+    except BadDocumentError:
+        raise
+    except Exception as exc:  # pypdf raises many types on broken input; see module docstring
+        raise BadDocumentError(f"{what}: {type(exc).__name__}: {exc}", stage="extract") from exc
+
+
+def open_pdf(data: bytes) -> PdfReader:
+    """Open a PDF, refusing files that are not PDFs, are broken, or need a password."""
+    if not is_pdf(data):
+        raise BadDocumentError("not a PDF (no %PDF- header)", stage="extract")
+    with _translated("broken PDF"):
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted and not _opens_without_password(reader):
+            raise BadDocumentError("encrypted PDF (password required)", stage="extract")
+        _ = len(reader.pages)  # forces the page tree to load: catches truncated files early
+    return reader
+
+
+def _opens_without_password(reader: PdfReader) -> bool:
+    # Many "encrypted" PDFs only restrict printing and open with the empty user password.
+    try:
+        return bool(reader.decrypt(""))
+    except Exception:
+        return False
+
+
+def pdf_text(data: bytes, *, max_pages: int | None = None) -> str:
+    """The text layer, one ``--- page N ---`` marker before each page."""
+    reader = open_pdf(data)
+    parts: list[str] = []
+    with _translated("unreadable PDF text"):
+        for number, page in enumerate(reader.pages, start=1):
+            if max_pages is not None and number > max_pages:
+                break
+            parts.append(f"--- page {number} ---\n{page.extract_text() or ''}")
+    return "\n".join(parts)
+
+
+def embedded_files(data: bytes) -> list[tuple[str, bytes]]:
+    """Files embedded in the PDF (name, content), in document order."""
+    reader = open_pdf(data)
+    with _translated("unreadable PDF attachments"):
+        return [
+            (attachment.name, attachment.content)
+            for attachment in reader.attachment_list
+            if attachment.content
+        ]
