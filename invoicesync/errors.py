@@ -8,7 +8,7 @@ Errors are classified by *what to do about them*, not by where they come from::
     │   ├── AuthError              bad credentials, revoked OAuth grant
     │   ├── QuotaError             exhausted quota or billing limit
     │   ├── ProtocolError          the peer speaks something we do not understand
-    │   └── BadInputError          this item can never succeed (malformed MIME, broken PDF, hostile XML)
+    │   └── BadInputError          this item can never succeed (bad MIME, broken PDF, hostile XML)
     │       ├── MalformedMailError
     │       ├── BadDocumentError
     │       └── UnsafeXmlError
@@ -147,7 +147,7 @@ class StoreBusyError(TransientError):
     kind = "store_busy"
 
 
-class RunAborted(BaseException):  # noqa: N818 - BaseException on purpose: `except Exception` must not swallow it
+class RunAborted(BaseException):
     """Raised inside a run when the watchdog, a deadline or a signal stops it.
 
     Derives from ``BaseException`` so that no ``except Exception`` in a stage can

@@ -16,18 +16,12 @@ from contextlib import contextmanager
 from pypdf import PdfReader
 
 from invoicesync.errors import BadDocumentError
+from invoicesync.sniff import PDF_MAGIC, is_pdf
 
 __all__ = ["PDF_MAGIC", "embedded_files", "is_pdf", "open_pdf", "pdf_text"]
 
-PDF_MAGIC = b"%PDF-"
-
 # pypdf logs every recoverable oddity at WARNING; in a mail pipeline these are noise.
 logging.getLogger("pypdf").setLevel(logging.ERROR)
-
-
-def is_pdf(data: bytes) -> bool:
-    """True when the bytes start like a PDF (allowing the few junk bytes readers accept)."""
-    return PDF_MAGIC in data[:1024]
 
 
 @contextmanager

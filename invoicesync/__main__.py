@@ -1,0 +1,3 @@
+from invoicesync.cli import main
+
+main()

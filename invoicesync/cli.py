@@ -1,0 +1,124 @@
+"""The ``invoicesync`` command: arguments, exit codes, one-line errors. No pipeline logic here.
+
+Exit codes: 0 all done; 1 some items failed and stay pending; 2 configuration or
+usage error; 3 fatal error (credentials, quota); 4 aborted by a deadline or the
+watchdog.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from invoicesync.config import Settings, config_path, load_settings
+from invoicesync.errors import ConfigError, FatalError, InvoiceSyncError, RunAborted
+
+if TYPE_CHECKING:
+    from invoicesync.store.db import Database
+
+__all__ = ["main", "run_cli"]
+
+EXIT_OK, EXIT_PENDING, EXIT_USAGE, EXIT_FATAL, EXIT_ABORTED = 0, 1, 2, 3, 4
+log = logging.getLogger("invoicesync")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # argparse exits 2 by itself; keep its message to one line like config errors.
+        self.exit(EXIT_USAGE, f"invoicesync: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="invoicesync", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="TOML file (default: $INVOICESYNC_CONFIG, else config/invoicesync.toml)",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands.add_parser("run", help="process every account once")
+    commands.add_parser("status", help="accounts, recent runs, pending and failed items")
+    invoices = commands.add_parser("invoices", help="stored invoices")
+    invoice_commands = invoices.add_subparsers(dest="invoices_command", required=True)
+    export = invoice_commands.add_parser("export", help="export every invoice")
+    export.add_argument("--format", choices=["csv", "json"], default="json")
+    export.add_argument("--output", metavar="FILE", help="write here instead of stdout")
+    db = commands.add_parser("db", help="database maintenance")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    db_commands.add_parser("upgrade", help="apply database migrations")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    sys.exit(run_cli(argv))
+
+
+def run_cli(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        settings = load_settings(config_path(args.config, os.environ))
+        return _dispatch(args, settings)
+    except ConfigError as exc:
+        print(f"invoicesync: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except RunAborted as exc:
+        print(f"invoicesync: run {exc.status}: {exc.reason}", file=sys.stderr)
+        return exc.exit_code
+    except FatalError as exc:
+        print(f"invoicesync: {exc.kind} error: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    except InvoiceSyncError as exc:
+        print(f"invoicesync: {exc.kind} error: {exc} (try again later)", file=sys.stderr)
+        return EXIT_PENDING
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    from invoicesync.store.db import Database
+
+    database = Database(settings.database.url)
+    try:
+        database.upgrade()
+        if args.command == "db":
+            print("database is up to date")
+            return EXIT_OK
+        if args.command == "run":
+            return _run(settings, database)
+        if args.command == "status":
+            from invoicesync.report import print_status
+
+            print_status(database)
+            return EXIT_OK
+        return _export(database, args.format, args.output)
+    finally:
+        database.dispose()
+
+
+def _run(settings: Settings, database: Database) -> int:
+    from invoicesync.pipeline.runner import Runner
+    from invoicesync.report import print_summary
+
+    result = Runner(settings, database).run()
+    print_summary(result)
+    return result.exit_code
+
+
+def _export(database: Database, fmt: str, output: str | None) -> int:
+    from invoicesync.export import export_invoices
+
+    text = export_invoices(database, fmt)
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK

@@ -1,0 +1,55 @@
+"""One function per stage, models in and models out; the runner adds transactions around them."""
+
+from __future__ import annotations
+
+import logging
+
+from invoicesync.extract.base import Extractor
+from invoicesync.mail.mime import parse_mail
+from invoicesync.mail.source import MailSource
+from invoicesync.models import DocumentType, Invoice, MailRef, ParsedMail
+from invoicesync.store.files import DocumentFiles
+from invoicesync.store.repository import StoredDocument
+
+__all__ = ["extract_document", "fetch_and_parse", "store_documents"]
+
+log = logging.getLogger(__name__)
+
+
+def fetch_and_parse(source: MailSource, ref: MailRef) -> ParsedMail:
+    """Mail stage: the message's bytes, walked for documents and links."""
+    return parse_mail(source.fetch(ref))
+
+
+def store_documents(
+    parsed: ParsedMail, files: DocumentFiles, *, max_bytes: int
+) -> list[StoredDocument]:
+    """Write each attachment to disk once (by sha256); oversized ones become notes."""
+    stored: list[StoredDocument] = []
+    for attachment in parsed.attachments:
+        name = attachment.filename or f"unnamed .{attachment.kind}"
+        if len(attachment.data) > max_bytes:
+            parsed.skipped.append(
+                f"{name}: {len(attachment.data)} bytes, over the {max_bytes} byte limit"
+            )
+            continue
+        digest, path = files.put(attachment.data, attachment.kind)
+        stored.append(
+            StoredDocument(
+                sha256=digest,
+                kind=attachment.kind,
+                size=len(attachment.data),
+                path=path,
+                filename=attachment.filename,
+                origin="nested" if attachment.nested else "attachment",
+            )
+        )
+    return stored
+
+
+def extract_document(extractor: Extractor, data: bytes, filename: str | None) -> Invoice | None:
+    """Extract stage: an invoice, or None when the document is not one."""
+    invoice = extractor.extract(data, filename=filename)
+    if invoice is None or invoice.document_type is DocumentType.OTHER:
+        return None
+    return invoice

@@ -1,0 +1,100 @@
+"""Human-readable output of ``run`` and ``status`` (rich tables; plain text when piped)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from invoicesync.pipeline.runner import RunResult
+from invoicesync.store import repository as repo
+from invoicesync.store.db import Database
+
+__all__ = ["print_status", "print_summary"]
+
+
+def _console() -> Console:
+    # Wide enough that piped output (cron mail, CI logs) does not wrap columns.
+    return Console(width=None if Console().is_terminal else 140)
+
+
+def print_summary(result: RunResult) -> None:
+    table = Table(title=f"run {result.run_id}: {result.status}")
+    for column in (
+        "account",
+        "status",
+        "messages seen",
+        "new",
+        "documents",
+        "invoices new",
+        "needs review",
+        "failed",
+    ):
+        table.add_column(column, justify="left" if column in {"account", "status"} else "right")
+    for summary in result.accounts:
+        failed = str(summary.failed)
+        if summary.retry_later:
+            failed += f" ({summary.retry_later} retry later)"
+        table.add_row(
+            summary.account,
+            summary.status,
+            str(summary.seen),
+            str(summary.new_messages),
+            str(summary.documents),
+            str(summary.invoices),
+            str(summary.needs_review),
+            failed,
+        )
+    console = _console()
+    console.print(table)
+    for summary in result.accounts:
+        if summary.error:
+            console.print(f"{summary.account}: {summary.error}", markup=False)
+
+
+def print_status(database: Database) -> None:
+    console = _console()
+    with database.session() as session:
+        accounts = repo.account_overview(session)
+        runs = repo.recent_runs(session)
+        items = repo.open_items(session)
+    table = Table(title="accounts (messages by status)")
+    for column in ("account", "ok", "no_invoice", "failed_transient", "failed_fatal", "pending"):
+        table.add_column(column)
+    for name, counts in accounts:
+        table.add_row(
+            name,
+            *(
+                str(counts.get(c, 0))
+                for c in ("ok", "no_invoice", "failed_transient", "failed_fatal", "pending")
+            ),
+        )
+    console.print(table)
+    table = Table(title="recent runs")
+    for column in ("run", "started", "finished", "status", "error"):
+        table.add_column(column)
+    for run in runs:
+        finished = run.finished_at.isoformat(timespec="seconds") if run.finished_at else "-"
+        table.add_row(
+            str(run.id),
+            run.started_at.isoformat(timespec="seconds"),
+            finished,
+            run.status,
+            run.error or "",
+        )
+    console.print(table)
+    if not items:
+        console.print("no pending or failed items")
+        return
+    table = Table(title="pending and failed items")
+    for column in ("item", "account", "what", "status", "attempts", "reason"):
+        table.add_column(column, overflow="fold")
+    for item in items:
+        table.add_row(
+            f"{item.kind}:{item.id}",
+            item.account or "-",
+            item.label,
+            item.status,
+            str(item.attempts),
+            item.error or "",
+        )
+    console.print(table)

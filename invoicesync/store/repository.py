@@ -1,0 +1,336 @@
+"""Idempotent writes and the queries the pipeline and the CLI need.
+
+Every insert that could meet a row written by an earlier or a concurrent run is
+an ``INSERT … ON CONFLICT`` on the table's unique key: meeting the same key is
+success, not an error. An item's status only changes inside the transaction that
+stores its result, so nothing is marked done before it is committed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Select, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from invoicesync.models import DocumentType, Invoice, MailRef, ParsedMail
+from invoicesync.store.schema import (
+    Account,
+    Document,
+    InvoiceRow,
+    Message,
+    MessageDocument,
+    Run,
+    Status,
+)
+
+__all__ = [
+    "OpenItem",
+    "StoredDocument",
+    "account_id",
+    "account_overview",
+    "count_by_status",
+    "finish_run",
+    "invoice_rows",
+    "known_message_keys",
+    "open_items",
+    "recent_runs",
+    "record_document_outcome",
+    "record_invoice",
+    "record_message",
+    "record_message_failure",
+    "start_run",
+    "workable_documents",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDocument:
+    """A document already written to disk, to be recorded with its message."""
+
+    sha256: str
+    kind: str
+    size: int
+    path: str
+    filename: str | None
+    origin: str  # attachment | nested | link
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _insert(session: Session, table: Any) -> Any:
+    """The dialect's INSERT, which knows ON CONFLICT (both SQLite and PostgreSQL do)."""
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+def account_id(session: Session, name: str) -> int:
+    session.execute(
+        _insert(session, Account).values(name=name, created_at=_now()).on_conflict_do_nothing()
+    )
+    return session.scalars(select(Account.id).where(Account.name == name)).one()
+
+
+def known_message_keys(session: Session, account: int, folder: str) -> set[str]:
+    """Keys of messages a normal run must not work again (done, or parked as fatal)."""
+    rows = session.scalars(
+        select(Message.key).where(
+            Message.account_id == account,
+            Message.folder == folder,
+            Message.status.not_in(Status.WORKABLE),
+        )
+    )
+    return set(rows)
+
+
+def _message_values(account: int, ref: MailRef) -> dict[str, Any]:
+    return {
+        "account_id": account,
+        "folder": ref.folder,
+        "key": ref.key,
+        "uidvalidity": ref.uidvalidity,
+        "uid": ref.uid,
+    }
+
+
+def record_message(
+    session: Session,
+    account: int,
+    ref: MailRef,
+    parsed: ParsedMail,
+    documents: Sequence[StoredDocument],
+) -> int:
+    """Store a parsed message, its documents and the links between them; returns the message id."""
+    now = _now()
+    status = Status.OK if documents else Status.NO_INVOICE
+    header = {
+        "message_id": parsed.message_id,
+        "subject": parsed.subject,
+        "sender": parsed.sender,
+        "sent_at": parsed.date,
+        "status": status,
+        "last_error": None,
+        "links": list(parsed.links),
+        "notes": list(parsed.skipped),
+        "updated_at": now,
+    }
+    statement = _insert(session, Message).values(
+        **_message_values(account, ref), **header, attempts=0, first_seen_at=now
+    )
+    session.execute(
+        statement.on_conflict_do_update(index_elements=["account_id", "folder", "key"], set_=header)
+    )
+    message = session.scalars(
+        select(Message.id).where(
+            Message.account_id == account, Message.folder == ref.folder, Message.key == ref.key
+        )
+    ).one()
+    for document in documents:
+        session.execute(
+            _insert(session, Document)
+            .values(
+                sha256=document.sha256,
+                kind=document.kind,
+                size=document.size,
+                filename=document.filename,
+                path=document.path,
+                status=Status.PENDING,
+                attempts=0,
+                created_at=now,
+                updated_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["sha256"])
+        )
+        document_id = session.scalars(
+            select(Document.id).where(Document.sha256 == document.sha256)
+        ).one()
+        session.execute(
+            _insert(session, MessageDocument)
+            .values(
+                message_id=message,
+                document_id=document_id,
+                filename=document.filename,
+                origin=document.origin,
+            )
+            .on_conflict_do_nothing()
+        )
+    return message
+
+
+def record_message_failure(
+    session: Session, account: int, ref: MailRef, *, status: str, error: str
+) -> None:
+    """Record a failed message, counting the attempt; it stays workable if transient."""
+    now = _now()
+    statement = _insert(session, Message).values(
+        **_message_values(account, ref),
+        status=status,
+        attempts=1,
+        last_error=error,
+        links=[],
+        notes=[],
+        first_seen_at=now,
+        updated_at=now,
+    )
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["account_id", "folder", "key"],
+            set_={
+                "status": status,
+                "attempts": Message.attempts + 1,
+                "last_error": error,
+                "updated_at": now,
+            },
+            # A concurrent run may have stored this message meanwhile: never undo that.
+            where=Message.status.not_in(Status.DONE),
+        )
+    )
+
+
+def workable_documents(session: Session, account: int) -> list[Document]:
+    """Documents of this account's messages that still need extraction."""
+    query = (
+        select(Document)
+        .join(MessageDocument, MessageDocument.document_id == Document.id)
+        .join(Message, Message.id == MessageDocument.message_id)
+        .where(Message.account_id == account, Document.status.in_(Status.WORKABLE))
+        .distinct()
+        .order_by(Document.id)
+    )
+    return list(session.scalars(query))
+
+
+def record_invoice(session: Session, document: int, invoice: Invoice) -> bool:
+    """Store the invoice of a document and mark the document done; False if it already had one."""
+    inserted = session.execute(
+        _insert(session, InvoiceRow)
+        .values(
+            document_id=document,
+            extractor=invoice.provenance.extractor,
+            document_type=invoice.document_type.value,
+            invoice_number=invoice.invoice_number,
+            issue_date=invoice.issue_date,
+            currency=invoice.currency,
+            seller_name=invoice.seller.name,
+            seller_vat_id=invoice.seller.vat_id,
+            gross_total=invoice.gross_total,
+            needs_review=invoice.needs_review,
+            review_reasons=list(invoice.review_reasons),
+            data=invoice.model_dump(mode="json"),
+            created_at=_now(),
+        )
+        .on_conflict_do_nothing(index_elements=["document_id"])
+        .returning(InvoiceRow.id)
+    ).first()
+    record_document_outcome(session, document, status=Status.OK)
+    return inserted is not None
+
+
+def record_document_outcome(
+    session: Session, document: int, *, status: str, error: str | None = None
+) -> None:
+    values: dict[str, Any] = {"status": status, "last_error": error, "updated_at": _now()}
+    statement = update(Document).where(Document.id == document)
+    if status in {Status.FAILED_TRANSIENT, Status.FAILED_FATAL}:
+        values["attempts"] = Document.attempts + 1
+        # A concurrent run may have extracted it meanwhile: never undo that.
+        statement = statement.where(Document.status.not_in(Status.DONE))
+    session.execute(statement.values(**values))
+
+
+def start_run(session: Session, *, host: str, pid: int) -> int:
+    run = Run(status="running", host=host, pid=pid, counts={}, started_at=_now())
+    session.add(run)
+    session.flush()
+    return run.id
+
+
+def finish_run(
+    session: Session, run: int, *, status: str, counts: dict[str, Any], error: str | None = None
+) -> None:
+    session.execute(
+        update(Run)
+        .where(Run.id == run)
+        .values(status=status, counts=counts, error=error, finished_at=_now())
+    )
+
+
+def invoice_rows() -> Select[InvoiceRow, Document]:
+    """Every live invoice with its document, oldest first (for export)."""
+    return (
+        select(InvoiceRow, Document)
+        .join(Document, Document.id == InvoiceRow.document_id)
+        .where(InvoiceRow.document_type != DocumentType.OTHER.value)
+        .order_by(InvoiceRow.id)
+    )
+
+
+def count_by_status(session: Session, model: type[Message] | type[Document]) -> dict[str, int]:
+    rows = session.execute(select(model.status, func.count()).group_by(model.status))
+    return {status: count for status, count in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class OpenItem:
+    """A message or document that is pending or failed, for ``status``."""
+
+    kind: str  # message | document
+    id: int
+    account: str | None
+    label: str
+    status: str
+    attempts: int
+    error: str | None
+
+
+def open_items(session: Session, limit: int = 50) -> list[OpenItem]:
+    """Items not done, failures first."""
+    messages = session.execute(
+        select(Message, Account.name)
+        .join(Account, Account.id == Message.account_id)
+        .where(Message.status.not_in(Status.DONE))
+        .order_by(Message.id)
+        .limit(limit)
+    )
+    documents = session.scalars(
+        select(Document)
+        .where(Document.status.not_in(Status.DONE))
+        .order_by(Document.id)
+        .limit(limit)
+    )
+    items = [
+        OpenItem("message", m.id, name, m.subject or m.key[:16], m.status, m.attempts, m.last_error)
+        for m, name in messages
+    ] + [
+        OpenItem(
+            "document", d.id, None, d.filename or d.sha256[:16], d.status, d.attempts, d.last_error
+        )
+        for d in documents
+    ]
+    return sorted(items, key=lambda item: item.status == Status.PENDING)
+
+
+def account_overview(session: Session) -> list[tuple[str, dict[str, int]]]:
+    """Each account with its message counts by status."""
+    rows = session.execute(
+        select(Account.name, Message.status, func.count(Message.id))
+        .join(Message, Message.account_id == Account.id, isouter=True)
+        .group_by(Account.name, Message.status)
+        .order_by(Account.name)
+    )
+    overview: dict[str, dict[str, int]] = {}
+    for name, status, count in rows:
+        counts = overview.setdefault(name, {})
+        if status is not None:
+            counts[status] = count
+    return list(overview.items())
+
+
+def recent_runs(session: Session, limit: int = 5) -> list[Run]:
+    return list(session.scalars(select(Run).order_by(Run.id.desc()).limit(limit)))

@@ -1,0 +1,119 @@
+"""The store on real SQLite and PostgreSQL: migrations, idempotent writes, unique keys."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from decimal import Decimal
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import func, select
+
+from invoicesync.models import Invoice, MailRef, ParsedMail, Provenance
+from invoicesync.store import repository as repo
+from invoicesync.store.db import Database
+from invoicesync.store.schema import Base, Document, InvoiceRow, Message, MessageDocument, Status
+
+REF = MailRef(account="a", folder="local", key="k1")
+DOC = repo.StoredDocument(
+    sha256="ab" * 32, kind="pdf", size=3, path="ab/ab/x.pdf", filename="x.pdf", origin="attachment"
+)
+
+
+@pytest.fixture
+def database(db_url: str) -> Iterator[Database]:
+    database = Database(db_url)
+    database.upgrade()
+    yield database
+    database.dispose()
+
+
+def test_migrations_match_the_tables(database: Database) -> None:
+    """Alembic's head creates exactly the tables the code declares."""
+    with database.engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert diff == []
+    database.upgrade()  # a second upgrade is a no-op
+
+
+def test_concurrent_upgrades_on_a_fresh_database(db_url: str) -> None:
+    """Two processes starting at once on an empty database both succeed."""
+    errors: list[BaseException] = []
+
+    def upgrade() -> None:
+        database = Database(db_url)
+        try:
+            database.upgrade()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            database.dispose()
+
+    threads = [threading.Thread(target=upgrade) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == []
+
+
+def test_recording_a_message_twice_stores_it_once(database: Database) -> None:
+    """Meeting the same message and document again is success, not a second row."""
+    for _ in range(2):
+        with database.transaction() as session:
+            account = repo.account_id(session, "a")
+            repo.record_message(session, account, REF, ParsedMail(subject="s"), [DOC])
+    with database.session() as session:
+        assert session.scalar(select(func.count()).select_from(Message)) == 1
+        assert session.scalar(select(func.count()).select_from(Document)) == 1
+        assert session.scalar(select(func.count()).select_from(MessageDocument)) == 1
+        assert session.scalars(select(Message.status)).one() == Status.OK
+
+
+def test_failure_never_undoes_a_stored_message(database: Database) -> None:
+    """A late failure report from an overlapping run leaves a done message done."""
+    with database.transaction() as session:
+        account = repo.account_id(session, "a")
+        repo.record_message_failure(
+            session, account, REF, status=Status.FAILED_TRANSIENT, error="x"
+        )
+        repo.record_message_failure(
+            session, account, REF, status=Status.FAILED_TRANSIENT, error="y"
+        )
+    with database.session() as session:
+        message = session.scalars(select(Message)).one()
+        assert (message.status, message.attempts, message.last_error) == (
+            Status.FAILED_TRANSIENT,
+            2,
+            "y",
+        )
+        assert repo.known_message_keys(session, account, "local") == set()
+    with database.transaction() as session:
+        repo.record_message(session, account, REF, ParsedMail(), [DOC])
+        repo.record_message_failure(session, account, REF, status=Status.FAILED_FATAL, error="z")
+    with database.session() as session:
+        assert session.scalars(select(Message.status)).one() == Status.OK
+        assert repo.known_message_keys(session, account, "local") == {"k1"}
+
+
+def test_one_invoice_per_document(database: Database) -> None:
+    """A second invoice for the same document is refused by the unique key, not duplicated."""
+    invoice = Invoice(
+        invoice_number="1", gross_total=Decimal("10.50"), provenance=Provenance(extractor="offline")
+    )
+    with database.transaction() as session:
+        account = repo.account_id(session, "a")
+        repo.record_message(session, account, REF, ParsedMail(), [DOC])
+        document = session.scalars(select(Document.id)).one()
+    results = []
+    for _ in range(2):
+        with database.transaction() as session:
+            results.append(repo.record_invoice(session, document, invoice))
+    assert results == [True, False]
+    with database.session() as session:
+        row = session.scalars(select(InvoiceRow)).one()
+        assert row.gross_total == Decimal("10.50")
+        assert row.data["gross_total"] == "10.50"
+        assert session.scalars(select(Document.status)).one() == Status.OK
