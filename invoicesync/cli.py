@@ -44,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     commands.add_parser("run", help="process every account once")
     commands.add_parser("status", help="accounts, recent runs, pending and failed items")
+    retry = commands.add_parser("retry", help="make failed items pending again")
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--item", metavar="KIND:ID", help="one item as shown by status, e.g. document:12"
+    )
+    which.add_argument("--all", action="store_true", help="every failed item")
     invoices = commands.add_parser("invoices", help="stored invoices")
     invoice_commands = invoices.add_subparsers(dest="invoices_command", required=True)
     export = invoice_commands.add_parser("export", help="export every invoice")
@@ -84,6 +90,8 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "run":
+        return _run(settings)
     from invoicesync.store.db import Database
 
     database = Database(settings.database.url)
@@ -92,8 +100,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         if args.command == "db":
             print("database is up to date")
             return EXIT_OK
-        if args.command == "run":
-            return _run(settings, database)
+        if args.command == "retry":
+            return _retry(database, args.item)
         if args.command == "status":
             from invoicesync.report import print_status
 
@@ -104,13 +112,58 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         database.dispose()
 
 
-def _run(settings: Settings, database: Database) -> int:
+def _run(settings: Settings) -> int:
+    """One run under the watchdog, with SIGTERM/SIGINT handled between items."""
     from invoicesync.pipeline.runner import Runner
     from invoicesync.report import print_summary
+    from invoicesync.resilience.watchdog import StopSwitch, Watchdog
+    from invoicesync.store.db import Database
 
-    result = Runner(settings, database).run()
-    print_summary(result)
-    return result.exit_code
+    switch = StopSwitch()
+    switch.install_signal_handlers()
+    runner: Runner | None = None
+
+    def record_abort() -> None:
+        if runner is not None and switch.tripped is not None:
+            runner.record_abort(switch.tripped.reason)
+
+    # Started before the database is touched: a silent database must not hang the run either.
+    watchdog = Watchdog(
+        switch, timeout=settings.timeouts.run, grace=settings.timeouts.grace, on_abort=record_abort
+    ).start()
+    database: Database | None = None
+    try:
+        database = Database(settings.database.url)
+        database.upgrade()
+        runner = Runner(settings, database, switch=switch)
+        result = runner.run()
+        print_summary(result)
+        return result.exit_code
+    except InvoiceSyncError:
+        if switch.tripped is None:
+            raise
+        # The stop caused this error (a closed connection): report the stop, not the symptom.
+        raise switch.tripped from None
+    finally:
+        watchdog.finish()
+        if database is not None:
+            database.dispose()
+
+
+def _retry(database: Database, item: str | None) -> int:
+    from invoicesync.store.repository import reset_items
+
+    target: tuple[str, int] | None = None
+    if item is not None:
+        kind, _, number = item.partition(":")
+        if kind not in {"message", "document"} or not number.isdigit():
+            print("invoicesync: --item takes KIND:ID, e.g. document:12", file=sys.stderr)
+            return EXIT_USAGE
+        target = (kind, int(number))
+    with database.transaction() as session:
+        count = reset_items(session, item=target)
+    print(f"{count} item(s) will be retried by the next run")
+    return EXIT_OK
 
 
 def _export(database: Database, fmt: str, output: str | None) -> int:

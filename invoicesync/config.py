@@ -34,9 +34,12 @@ from invoicesync.errors import ConfigError
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "AccountSettings",
+    "BreakerSettings",
     "DatabaseSettings",
     "ExtractorKind",
     "ExtractorSettings",
+    "LeaseSettings",
+    "RetrySettings",
     "Settings",
     "StorageSettings",
     "TimeoutSettings",
@@ -84,6 +87,43 @@ class TimeoutSettings(_Section):
     """The global watchdog: a run is aborted after this long."""
     account: float = Field(default=180, gt=0)
     """Deadline for one account within a run; the other accounts go on."""
+    grace: float = Field(default=30, ge=0)
+    """After the watchdog fires, seconds the run gets to stop cleanly before the process exits."""
+
+
+class RetrySettings(_Section):
+    """``[retries]``: how operations are retried, and how often a failed item is tried again."""
+
+    attempts: int = Field(default=3, ge=1)
+    """Attempts per operation within one run (1 = no retry)."""
+    backoff_initial: float = Field(default=1.0, ge=0)
+    """Seconds before the first retry; doubles each time."""
+    backoff_max: float = Field(default=30.0, ge=0)
+    """Longest wait between two attempts, seconds."""
+    jitter: float = Field(default=1.0, ge=0)
+    """Up to this many random seconds added to each wait, so clients don't retry in step."""
+    retry_after_max: float = Field(default=120.0, ge=0)
+    """A server's Retry-After is honoured up to this many seconds."""
+    item_attempts: int = Field(default=5, ge=1)
+    """Runs that may try a failing item before it is parked as failed_fatal."""
+    time_scale: float = Field(default=1.0, ge=0)
+    """Multiplies actual sleeps; 0 makes retries instant (tests)."""
+
+
+class BreakerSettings(_Section):
+    """``[breaker]``: when an endpoint counts as down, and for how long."""
+
+    threshold: int = Field(default=3, ge=1)
+    """Consecutive transient failures that open the breaker."""
+    cooldown: float = Field(default=300.0, ge=0)
+    """Seconds the breaker stays open before one trial call."""
+
+
+class LeaseSettings(_Section):
+    """``[leases]``: how overlapping runs and workers share accounts."""
+
+    ttl: float = Field(default=60.0, gt=0)
+    """Seconds a claim on an account lasts without renewal; renewed every ttl/3 while working."""
 
 
 class AccountSettings(_Section):
@@ -114,6 +154,9 @@ class Settings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     extractor: ExtractorSettings = ExtractorSettings()
     timeouts: TimeoutSettings = TimeoutSettings()
+    retries: RetrySettings = RetrySettings()
+    breaker: BreakerSettings = BreakerSettings()
+    leases: LeaseSettings = LeaseSettings()
     accounts: list[AccountSettings] = []
 
     @field_validator("accounts")

@@ -61,6 +61,9 @@ class _LocalSource:
 
     kind = "local"
 
+    #: Local files have no remote endpoint, hence no circuit breaker.
+    endpoint: str | None = None
+
     def __init__(self, account: str, path: Path) -> None:
         self.account = account
         self.path = path

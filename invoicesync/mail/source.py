@@ -19,6 +19,9 @@ class MailSource(Protocol):
     """
 
     account: str
+    #: The remote endpoint (e.g. ``imap.example.com:993``) its circuit breaker is keyed by;
+    #: None for local sources.
+    endpoint: str | None
 
     def folders(self) -> Sequence[str]: ...
 

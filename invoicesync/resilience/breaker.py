@@ -19,24 +19,12 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from invoicesync.config import BreakerSettings
 from invoicesync.errors import TransientError
 
-__all__ = ["BreakerSettings", "BreakerState", "Breakers", "CircuitBreaker", "CircuitOpenError"]
+__all__ = ["BreakerState", "Breakers", "CircuitBreaker", "CircuitOpenError"]
 
 T = TypeVar("T")
-
-
-class BreakerSettings(BaseModel):
-    """``[breaker]``: when an endpoint counts as down, and for how long."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    threshold: int = Field(default=3, ge=1)
-    """Consecutive transient failures that open the breaker."""
-    cooldown: float = Field(default=300.0, ge=0)
-    """Seconds the breaker stays open before one trial call."""
 
 
 class CircuitOpenError(TransientError):

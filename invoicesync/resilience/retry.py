@@ -19,38 +19,17 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 from tenacity.stop import stop_base
 
+from invoicesync.config import RetrySettings
 from invoicesync.errors import RateLimitedError, TransientError
 from invoicesync.resilience.timeouts import Deadline
 
-__all__ = ["RetryPolicy", "RetrySettings", "retry_call"]
+__all__ = ["RetryPolicy", "retry_call"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class RetrySettings(BaseModel):
-    """``[retries]``: how operations are retried, and how often a failed item is tried again."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    attempts: int = Field(default=3, ge=1)
-    """Attempts per operation within one run (1 = no retry)."""
-    backoff_initial: float = Field(default=1.0, ge=0)
-    """Seconds before the first retry; doubles each time."""
-    backoff_max: float = Field(default=30.0, ge=0)
-    """Longest wait between two attempts, seconds."""
-    jitter: float = Field(default=1.0, ge=0)
-    """Up to this many random seconds added to each wait, so clients don't retry in step."""
-    retry_after_max: float = Field(default=120.0, ge=0)
-    """A server's Retry-After is honoured up to this many seconds."""
-    item_attempts: int = Field(default=5, ge=1)
-    """Runs that may try a failing item before it is parked as failed_fatal."""
-    time_scale: float = Field(default=1.0, ge=0)
-    """Multiplies actual sleeps; 0 makes retries instant (tests)."""
 
 
 class RetryPolicy:

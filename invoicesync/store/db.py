@@ -17,13 +17,14 @@ from typing import Any
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from invoicesync.errors import ConfigError, NetworkError, StoreBusyError
 
-__all__ = ["Database", "translate_db_errors"]
+__all__ = ["Database", "dialect_insert", "translate_db_errors"]
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -52,6 +53,12 @@ def translate_db_errors() -> Iterator[None]:
         if exc.connection_invalidated:
             raise NetworkError("database connection lost", stage="store") from exc
         raise
+
+
+def dialect_insert(session: Session, table: Any) -> Any:
+    """The dialect's INSERT, which knows ON CONFLICT (both SQLite and PostgreSQL do)."""
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

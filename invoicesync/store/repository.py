@@ -9,15 +9,15 @@ stores its result, so nothing is marked done before it is committed.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Select, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from invoicesync.models import DocumentType, Invoice, MailRef, ParsedMail
+from invoicesync.store.db import dialect_insert
 from invoicesync.store.schema import (
     Account,
     Document,
@@ -37,12 +37,14 @@ __all__ = [
     "finish_run",
     "invoice_rows",
     "known_message_keys",
+    "mark_crashed_runs",
     "open_items",
     "recent_runs",
     "record_document_outcome",
     "record_invoice",
     "record_message",
     "record_message_failure",
+    "reset_items",
     "start_run",
     "workable_documents",
 ]
@@ -64,15 +66,11 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _insert(session: Session, table: Any) -> Any:
-    """The dialect's INSERT, which knows ON CONFLICT (both SQLite and PostgreSQL do)."""
-    dialect = session.get_bind().dialect.name
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-
-
 def account_id(session: Session, name: str) -> int:
     session.execute(
-        _insert(session, Account).values(name=name, created_at=_now()).on_conflict_do_nothing()
+        dialect_insert(session, Account)
+        .values(name=name, created_at=_now())
+        .on_conflict_do_nothing()
     )
     return session.scalars(select(Account.id).where(Account.name == name)).one()
 
@@ -120,7 +118,7 @@ def record_message(
         "notes": list(parsed.skipped),
         "updated_at": now,
     }
-    statement = _insert(session, Message).values(
+    statement = dialect_insert(session, Message).values(
         **_message_values(account, ref), **header, attempts=0, first_seen_at=now
     )
     session.execute(
@@ -133,7 +131,7 @@ def record_message(
     ).one()
     for document in documents:
         session.execute(
-            _insert(session, Document)
+            dialect_insert(session, Document)
             .values(
                 sha256=document.sha256,
                 kind=document.kind,
@@ -151,7 +149,7 @@ def record_message(
             select(Document.id).where(Document.sha256 == document.sha256)
         ).one()
         session.execute(
-            _insert(session, MessageDocument)
+            dialect_insert(session, MessageDocument)
             .values(
                 message_id=message,
                 document_id=document_id,
@@ -164,11 +162,21 @@ def record_message(
 
 
 def record_message_failure(
-    session: Session, account: int, ref: MailRef, *, status: str, error: str
-) -> None:
-    """Record a failed message, counting the attempt; it stays workable if transient."""
+    session: Session,
+    account: int,
+    ref: MailRef,
+    *,
+    status: str,
+    error: str,
+    max_attempts: int | None = None,
+) -> str:
+    """Record a failed message, counting the attempt; returns the status it ends up with.
+
+    A transient failure stays workable for the next run until ``max_attempts``
+    attempts have failed; then it is parked as failed_fatal with the reason.
+    """
     now = _now()
-    statement = _insert(session, Message).values(
+    statement = dialect_insert(session, Message).values(
         **_message_values(account, ref),
         status=status,
         attempts=1,
@@ -191,6 +199,26 @@ def record_message_failure(
             where=Message.status.not_in(Status.DONE),
         )
     )
+    where = (Message.account_id == account, Message.folder == ref.folder, Message.key == ref.key)
+    return _park_if_exhausted(session, Message, where, status, error, max_attempts)
+
+
+def _park_if_exhausted(
+    session: Session,
+    model: type[Message] | type[Document],
+    where: tuple[Any, ...],
+    status: str,
+    error: str,
+    max_attempts: int | None,
+) -> str:
+    current, attempts = session.execute(select(model.status, model.attempts).where(*where)).one()
+    if current == Status.FAILED_TRANSIENT and max_attempts and attempts >= max_attempts:
+        parked = f"gave up after {attempts} attempts: {error}"
+        session.execute(
+            update(model).where(*where).values(status=Status.FAILED_FATAL, last_error=parked)
+        )
+        return Status.FAILED_FATAL
+    return str(current)
 
 
 def workable_documents(session: Session, account: int) -> list[Document]:
@@ -209,7 +237,7 @@ def workable_documents(session: Session, account: int) -> list[Document]:
 def record_invoice(session: Session, document: int, invoice: Invoice) -> bool:
     """Store the invoice of a document and mark the document done; False if it already had one."""
     inserted = session.execute(
-        _insert(session, InvoiceRow)
+        dialect_insert(session, InvoiceRow)
         .values(
             document_id=document,
             extractor=invoice.provenance.extractor,
@@ -233,8 +261,14 @@ def record_invoice(session: Session, document: int, invoice: Invoice) -> bool:
 
 
 def record_document_outcome(
-    session: Session, document: int, *, status: str, error: str | None = None
-) -> None:
+    session: Session,
+    document: int,
+    *,
+    status: str,
+    error: str | None = None,
+    max_attempts: int | None = None,
+) -> str:
+    """Set a document's extraction outcome; returns the status it ends up with."""
     values: dict[str, Any] = {"status": status, "last_error": error, "updated_at": _now()}
     statement = update(Document).where(Document.id == document)
     if status in {Status.FAILED_TRANSIENT, Status.FAILED_FATAL}:
@@ -242,6 +276,43 @@ def record_document_outcome(
         # A concurrent run may have extracted it meanwhile: never undo that.
         statement = statement.where(Document.status.not_in(Status.DONE))
     session.execute(statement.values(**values))
+    return _park_if_exhausted(
+        session, Document, (Document.id == document,), status, error or "", max_attempts
+    )
+
+
+def mark_crashed_runs(session: Session, *, host: str, is_gone: Callable[[int], bool]) -> int:
+    """Runs left 'running' by a process of this host that no longer exists become 'crashed'."""
+    stale = [
+        run.id
+        for run in session.scalars(select(Run).where(Run.status == "running", Run.host == host))
+        if run.pid is not None and is_gone(run.pid)
+    ]
+    if stale:
+        session.execute(
+            update(Run)
+            .where(Run.id.in_(stale))
+            .values(status="crashed", error="the process ended without finishing the run")
+        )
+    return len(stale)
+
+
+def reset_items(session: Session, *, item: tuple[str, int] | None) -> int:
+    """``invoicesync retry``: failed items (one, or all) become pending with a fresh count."""
+    count = 0
+    for kind, model in (("message", Message), ("document", Document)):
+        if item is not None and item[0] != kind:
+            continue
+        statement = update(model).where(
+            model.status.in_([Status.FAILED_FATAL, Status.FAILED_TRANSIENT])
+        )
+        if item is not None:
+            statement = statement.where(model.id == item[1])
+        result = session.execute(
+            statement.values(status=Status.PENDING, attempts=0).returning(model.id)
+        )
+        count += len(result.all())
+    return count
 
 
 def start_run(session: Session, *, host: str, pid: int) -> int:

@@ -35,6 +35,7 @@ __all__ = [
     "Base",
     "Document",
     "InvoiceRow",
+    "Lease",
     "Message",
     "MessageDocument",
     "Run",
@@ -189,3 +190,19 @@ class Run(Base):
     pid: Mapped[int | None] = mapped_column(Integer)
     counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class Lease(Base):
+    """A claim on a unit of work (an account) by one run; reclaimable once expired.
+
+    Overlapping runs and parallel workers never work the same account at once:
+    the owner renews ``expires_at`` while working, and a killed owner's claim
+    simply runs out.
+    """
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(255))  # host:pid:run
+    acquired_at: Mapped[dt.datetime] = mapped_column(default=_now)
+    expires_at: Mapped[dt.datetime]

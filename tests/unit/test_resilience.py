@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from invoicesync.config import BreakerSettings, RetrySettings
 from invoicesync.errors import (
     AuthError,
     NetworkError,
@@ -16,12 +17,11 @@ from invoicesync.errors import (
     ServerError,
 )
 from invoicesync.resilience.breaker import (
-    BreakerSettings,
     BreakerState,
     CircuitBreaker,
     CircuitOpenError,
 )
-from invoicesync.resilience.retry import RetryPolicy, RetrySettings
+from invoicesync.resilience.retry import RetryPolicy
 from invoicesync.resilience.timeouts import Deadline
 from invoicesync.resilience.watchdog import StopSwitch, Watchdog
 
