@@ -244,3 +244,37 @@ def test_an_unreachable_account_does_not_stop_the_others(tmp_path: Path) -> None
         ("second", "ok"),
     ]
     assert result.exit_code == 1
+
+
+class SlowSource(PeerSource):
+    """Serves sample mails, each taking a little while (a slow server)."""
+
+    def fetch(self, ref: MailRef) -> bytes:
+        time.sleep(0.05)
+        return super().fetch(ref)
+
+
+def test_account_deadline_stops_one_account_and_the_others_go_on(
+    db_url: str, tmp_path: Path
+) -> None:
+    """An account past timeouts.account stops between items (rest pending); the next one runs."""
+    base = _settings(tmp_path, db_url, "[timeouts]\naccount = 0.4\n")
+    second = AccountSettings(name="second", maildir=EXAMPLES / "mailbox")
+    settings = base.model_copy(update={"accounts": [*base.accounts, second]})
+    database = Database(db_url)
+    database.upgrade()
+
+    def factory(account: AccountSettings) -> PeerSource:
+        total = 100 if account.name == "sample" else 2
+        return SlowSource(account.name, ("127.0.0.1", 9), good=total, total=total)
+
+    result = Runner(settings, database, source_factory=factory).run()
+    with database.session() as session:
+        stored = session.scalars(select(Message.status)).all()
+    database.dispose()
+    slow, fast = result.accounts
+    assert slow.status == "deadline" and 0 < slow.new_messages < 100
+    assert (fast.status, fast.new_messages) == ("ok", 2)
+    assert result.exit_code == 4
+    assert len(stored) == slow.new_messages + 2 and set(stored) == {"ok"}
+    assert consistency_problems(db_url, tmp_path / "docs") == []
