@@ -55,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     export = invoice_commands.add_parser("export", help="export every invoice")
     export.add_argument("--format", choices=["csv", "json"], default="json")
     export.add_argument("--output", metavar="FILE", help="write here instead of stdout")
+    export.add_argument(
+        "--include-duplicates",
+        action="store_true",
+        help="also list later copies of stored invoices, each with duplicate_of",
+    )
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True)
     db_commands.add_parser("upgrade", help="apply database migrations")
@@ -107,7 +112,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
             print_status(database)
             return EXIT_OK
-        return _export(database, args.format, args.output)
+        return _export(database, args.format, args.output, args.include_duplicates)
     finally:
         database.dispose()
 
@@ -166,10 +171,10 @@ def _retry(database: Database, item: str | None) -> int:
     return EXIT_OK
 
 
-def _export(database: Database, fmt: str, output: str | None) -> int:
+def _export(database: Database, fmt: str, output: str | None, duplicates: bool) -> int:
     from invoicesync.export import export_invoices
 
-    text = export_invoices(database, fmt)
+    text = export_invoices(database, fmt, include_duplicates=duplicates)
     if output:
         Path(output).write_text(text, encoding="utf-8")
     else:

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from invoicesync.store.db import Database
-from invoicesync.store.repository import invoice_rows
+from invoicesync.store.repository import invoice_links, invoice_rows
 
 __all__ = ["CSV_COLUMNS", "export_invoices", "invoice_records"]
 
@@ -35,19 +35,34 @@ CSV_COLUMNS = [
     "review_reasons",
     "document_sha256",
     "document_filename",
+    "duplicate_of",
 ]
 
 
-def invoice_records(database: Database) -> list[dict[str, Any]]:
-    """One dict per invoice: the stored model plus its id and document."""
+def invoice_records(
+    database: Database, *, include_duplicates: bool = False
+) -> list[dict[str, Any]]:
+    """One dict per live invoice: the stored model, its id, document, duplicates and renderings.
+
+    Duplicates (the same invoice arriving again, in any syntax) are left out unless
+    asked for, so that summing an export never counts an invoice twice; each live
+    record lists the ids of its duplicates, and a duplicate names its live invoice
+    in ``duplicate_of``.
+    """
     with database.session() as session:
-        rows = session.execute(invoice_rows()).all()
+        rows = session.execute(invoice_rows(include_duplicates=include_duplicates)).all()
+        duplicates, renderings = invoice_links(session)
     return [
         {
             "id": row.id,
             **row.data,
+            "duplicate_of": row.duplicate_of,
+            "duplicates": duplicates.get(row.id, []),
             "document_sha256": document.sha256,
             "document_filename": document.filename,
+            "renderings": [
+                {"sha256": r.sha256, "filename": r.filename} for r in renderings.get(row.id, [])
+            ],
         }
         for row, document in rows
     ]
@@ -74,9 +89,9 @@ def _csv(records: Iterable[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def export_invoices(database: Database, fmt: str) -> str:
+def export_invoices(database: Database, fmt: str, *, include_duplicates: bool = False) -> str:
     """All invoices as ``json`` (full records, amounts as exact decimal strings) or ``csv``."""
-    records = invoice_records(database)
+    records = invoice_records(database, include_duplicates=include_duplicates)
     if fmt == "json":
         return json.dumps(records, indent=2, ensure_ascii=False) + "\n"
     return _csv(records)

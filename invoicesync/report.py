@@ -26,6 +26,7 @@ def print_summary(result: RunResult) -> None:
         "new",
         "documents",
         "invoices new",
+        "duplicates",
         "needs review",
         "failed",
     ):
@@ -41,6 +42,7 @@ def print_summary(result: RunResult) -> None:
             str(summary.new_messages),
             str(summary.documents),
             str(summary.invoices),
+            str(summary.duplicates),
             str(summary.needs_review),
             failed,
         )

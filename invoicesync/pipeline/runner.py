@@ -59,6 +59,7 @@ class AccountSummary:
     new_messages: int = 0
     documents: int = 0
     invoices: int = 0
+    duplicates: int = 0  # invoices already stored from another document (linked, not live)
     needs_review: int = 0
     failed: int = 0  # items that failed this run (bad input included)
     retry_later: int = 0  # of those, transient: still pending for the next run
@@ -323,9 +324,12 @@ class Runner:
                 lambda s: repo.record_document_outcome(s, document.id, status=Status.NO_INVOICE)
             )
             return
-        if self._tx(lambda s: repo.record_invoice(s, document.id, invoice)):
+        outcome = self._tx(lambda s: stages.store_invoice(s, document, invoice))
+        if outcome == repo.InvoiceOutcome.NEW:
             summary.invoices += 1
             summary.needs_review += invoice.needs_review
+        elif outcome == repo.InvoiceOutcome.DUPLICATE:
+            summary.duplicates += 1
 
     def _document_failed(self, document: Document, exc: Exception, summary: AccountSummary) -> None:
         wanted = Status.FAILED_FATAL if isinstance(exc, BadInputError) else Status.FAILED_TRANSIENT

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy.orm import Session
+
 from invoicesync.extract.base import Extractor
 from invoicesync.mail.mime import parse_mail
 from invoicesync.mail.source import MailSource
 from invoicesync.models import DocumentType, Invoice, MailRef, ParsedMail
+from invoicesync.pipeline.dedupe import business_key, is_rendering_of
+from invoicesync.store import repository as repo
 from invoicesync.store.files import DocumentFiles
 from invoicesync.store.repository import StoredDocument
+from invoicesync.store.schema import Document
 
-__all__ = ["extract_document", "fetch_and_parse", "store_documents"]
+__all__ = ["RENDERING", "extract_document", "fetch_and_parse", "store_documents", "store_invoice"]
+
+#: Outcome of ``store_invoice`` for a PDF that renders an invoice read from XML.
+RENDERING = "rendering"
 
 log = logging.getLogger(__name__)
 
@@ -53,3 +61,17 @@ def extract_document(extractor: Extractor, data: bytes, filename: str | None) ->
     if invoice is None or invoice.document_type is DocumentType.OTHER:
         return None
     return invoice
+
+
+def store_invoice(session: Session, document: Document, invoice: Invoice) -> str:
+    """Store stage: one invoice however many copies (see ``pipeline.dedupe``).
+
+    A PDF that arrived with the XML of the same invoice is kept as that invoice's
+    rendering; otherwise the invoice is stored live or as a duplicate of a live one.
+    """
+    if document.kind == "pdf":
+        for invoice_id, data in repo.sibling_einvoices(session, document.id):
+            if is_rendering_of(invoice, Invoice.model_validate(data)):
+                repo.record_rendering(session, document.id, invoice_id)
+                return RENDERING
+    return repo.record_invoice(session, document.id, invoice, business_key(invoice))

@@ -29,12 +29,14 @@ from invoicesync.store.schema import (
 )
 
 __all__ = [
+    "InvoiceOutcome",
     "OpenItem",
     "StoredDocument",
     "account_id",
     "account_overview",
     "count_by_status",
     "finish_run",
+    "invoice_links",
     "invoice_rows",
     "known_message_keys",
     "mark_crashed_runs",
@@ -44,7 +46,9 @@ __all__ = [
     "record_invoice",
     "record_message",
     "record_message_failure",
+    "record_rendering",
     "reset_items",
+    "sibling_einvoices",
     "start_run",
     "workable_documents",
 ]
@@ -229,13 +233,22 @@ def workable_documents(session: Session, account: int) -> list[Document]:
         .join(Message, Message.id == MessageDocument.message_id)
         .where(Message.account_id == account, Document.status.in_(Status.WORKABLE))
         .distinct()
-        .order_by(Document.id)
+        # XML first: a PDF beside its XML is then recognised as the XML invoice's rendering.
+        .order_by(Document.kind.desc(), Document.id)
     )
     return list(session.scalars(query))
 
 
-def record_invoice(session: Session, document: int, invoice: Invoice) -> bool:
-    """Store the invoice of a document and mark the document done; False if it already had one."""
+class InvoiceOutcome:
+    NEW = "new"  # a new live invoice
+    DUPLICATE = "duplicate"  # a later copy of a live invoice, linked to it
+    EXISTS = "exists"  # this document already had its invoice (an overlapping run)
+
+
+def _insert_invoice(
+    session: Session, document: int, invoice: Invoice, key: str | None, duplicate_of: int | None
+) -> int | None:
+    """INSERT the row; None when a unique key (document, live business key) already holds."""
     inserted = session.execute(
         dialect_insert(session, InvoiceRow)
         .values(
@@ -251,13 +264,86 @@ def record_invoice(session: Session, document: int, invoice: Invoice) -> bool:
             needs_review=invoice.needs_review,
             review_reasons=list(invoice.review_reasons),
             data=invoice.model_dump(mode="json"),
+            business_key=key,
+            duplicate_of=duplicate_of,
             created_at=_now(),
         )
-        .on_conflict_do_nothing(index_elements=["document_id"])
+        .on_conflict_do_nothing()
         .returning(InvoiceRow.id)
     ).first()
+    return None if inserted is None else int(inserted[0])
+
+
+def record_invoice(session: Session, document: int, invoice: Invoice, key: str | None) -> str:
+    """Store a document's invoice, once per document and once live per business key.
+
+    A second invoice with the key of a live one is stored as its duplicate
+    (``duplicate_of``), except that data read from e-invoice XML wins over data
+    read from a PDF's text: then the XML invoice becomes the live one and the
+    earlier one (and its duplicates) point at it. Marks the document done.
+    """
+    if session.scalar(select(InvoiceRow.id).where(InvoiceRow.document_id == document)):
+        record_document_outcome(session, document, status=Status.OK)
+        return InvoiceOutcome.EXISTS
+    outcome = InvoiceOutcome.NEW
+    if _insert_invoice(session, document, invoice, key, None) is None:
+        live = session.execute(
+            select(InvoiceRow.id, InvoiceRow.data).where(
+                InvoiceRow.business_key == key, InvoiceRow.duplicate_of.is_(None)
+            )
+        ).first()
+        if live is None:  # the conflict was on the document: another run stored it
+            record_document_outcome(session, document, status=Status.OK)
+            return InvoiceOutcome.EXISTS
+        live_id, live_data = int(live[0]), live[1]
+        copy = _insert_invoice(session, document, invoice, key, live_id)
+        if copy is None:
+            record_document_outcome(session, document, status=Status.OK)
+            return InvoiceOutcome.EXISTS
+        outcome = InvoiceOutcome.DUPLICATE
+        if invoice.provenance.syntax and not live_data["provenance"].get("syntax"):
+            # Promote the exact XML data: the old live invoice and its copies now point here.
+            session.execute(
+                update(InvoiceRow)
+                .where((InvoiceRow.id == live_id) | (InvoiceRow.duplicate_of == live_id))
+                .where(InvoiceRow.id != copy)
+                .values(duplicate_of=copy)
+            )
+            session.execute(
+                update(InvoiceRow).where(InvoiceRow.id == copy).values(duplicate_of=None)
+            )
+            session.execute(
+                update(Document).where(Document.rendering_of == live_id).values(rendering_of=copy)
+            )
+            outcome = InvoiceOutcome.NEW
     record_document_outcome(session, document, status=Status.OK)
-    return inserted is not None
+    return outcome
+
+
+def sibling_einvoices(session: Session, document: int) -> list[tuple[int, dict[str, Any]]]:
+    """Invoices read from XML documents that came in the same mail as ``document``.
+
+    Returns (live invoice id, that XML's invoice data) pairs.
+    """
+    mine = select(MessageDocument.message_id).where(MessageDocument.document_id == document)
+    siblings = (
+        select(MessageDocument.document_id)
+        .join(Document, Document.id == MessageDocument.document_id)
+        .where(MessageDocument.message_id.in_(mine), Document.kind == "xml")
+    )
+    rows = session.execute(
+        select(InvoiceRow.id, InvoiceRow.duplicate_of, InvoiceRow.data)
+        .where(InvoiceRow.document_id.in_(siblings))
+        .order_by(InvoiceRow.id)
+    )
+    # A sibling that is itself a copy renders (and links to) the live invoice it repeats.
+    return [(int(duplicate_of or id_), data) for id_, duplicate_of, data in rows]
+
+
+def record_rendering(session: Session, document: int, invoice: int) -> None:
+    """The PDF ``document`` is the human-readable rendering of ``invoice``: done, no own invoice."""
+    session.execute(update(Document).where(Document.id == document).values(rendering_of=invoice))
+    record_document_outcome(session, document, status=Status.OK)
 
 
 def record_document_outcome(
@@ -332,14 +418,36 @@ def finish_run(
     )
 
 
-def invoice_rows() -> Select[InvoiceRow, Document]:
-    """Every live invoice with its document, oldest first (for export)."""
-    return (
+def invoice_rows(*, include_duplicates: bool = False) -> Select[InvoiceRow, Document]:
+    """Every live invoice (and, if asked, every duplicate copy) with its document, oldest first."""
+    query = (
         select(InvoiceRow, Document)
         .join(Document, Document.id == InvoiceRow.document_id)
         .where(InvoiceRow.document_type != DocumentType.OTHER.value)
         .order_by(InvoiceRow.id)
     )
+    if not include_duplicates:
+        query = query.where(InvoiceRow.duplicate_of.is_(None))
+    return query
+
+
+def invoice_links(session: Session) -> tuple[dict[int, list[int]], dict[int, list[Document]]]:
+    """For each live invoice: the ids of its duplicates, and its rendering documents."""
+    duplicates: dict[int, list[int]] = {}
+    for copy, live in session.execute(
+        select(InvoiceRow.id, InvoiceRow.duplicate_of)
+        .where(InvoiceRow.duplicate_of.is_not(None))
+        .order_by(InvoiceRow.id)
+    ):
+        if live is not None:
+            duplicates.setdefault(live, []).append(copy)
+    renderings: dict[int, list[Document]] = {}
+    for document in session.scalars(
+        select(Document).where(Document.rendering_of.is_not(None)).order_by(Document.id)
+    ):
+        assert document.rendering_of is not None
+        renderings.setdefault(document.rendering_of, []).append(document)
+    return duplicates, renderings
 
 
 def count_by_status(session: Session, model: type[Message] | type[Document]) -> dict[str, int]:

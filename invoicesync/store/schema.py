@@ -21,12 +21,14 @@ from sqlalchemy import (
     Date,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     Numeric,
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -137,6 +139,10 @@ class Document(Base):
     status: Mapped[str] = mapped_column(String(20), index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+    #: A PDF that is the human-readable rendering of an invoice read from XML.
+    rendering_of: Mapped[int | None] = mapped_column(
+        ForeignKey("invoices.id", ondelete="SET NULL", use_alter=True)
+    )
     created_at: Mapped[dt.datetime] = mapped_column(default=_now)
     updated_at: Mapped[dt.datetime] = mapped_column(default=_now, onupdate=_now)
 
@@ -157,9 +163,22 @@ class MessageDocument(Base):
 
 
 class InvoiceRow(Base):
-    """One extracted invoice; ``data`` holds the whole ``models.Invoice`` as JSON."""
+    """One extracted invoice; ``data`` holds the whole ``models.Invoice`` as JSON.
+
+    At most one *live* invoice (``duplicate_of`` empty) per business key: the
+    partial unique index makes that hold even for two runs racing.
+    """
 
     __tablename__ = "invoices"
+    __table_args__ = (
+        Index(
+            "uq_invoices_live_business_key",
+            "business_key",
+            unique=True,
+            sqlite_where=text("duplicate_of IS NULL"),
+            postgresql_where=text("duplicate_of IS NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     document_id: Mapped[int] = mapped_column(
@@ -176,6 +195,12 @@ class InvoiceRow(Base):
     needs_review: Mapped[bool] = mapped_column(Boolean, default=False)
     review_reasons: Mapped[list[str]] = mapped_column(JSON, default=list)
     data: Mapped[dict[str, Any]]
+    #: sha256 of seller + number + issue date + gross (see pipeline.dedupe); None when incomplete.
+    business_key: Mapped[str | None] = mapped_column(String(64))
+    #: Set on a later copy of an invoice already stored: the live invoice it repeats.
+    duplicate_of: Mapped[int | None] = mapped_column(
+        ForeignKey("invoices.id", ondelete="SET NULL"), index=True
+    )
     created_at: Mapped[dt.datetime] = mapped_column(default=_now)
 
 

@@ -110,10 +110,52 @@ def test_one_invoice_per_document(database: Database) -> None:
     results = []
     for _ in range(2):
         with database.transaction() as session:
-            results.append(repo.record_invoice(session, document, invoice))
-    assert results == [True, False]
+            results.append(repo.record_invoice(session, document, invoice, None))
+    assert results == ["new", "exists"]
     with database.session() as session:
         row = session.scalars(select(InvoiceRow)).one()
         assert row.gross_total == Decimal("10.50")
         assert row.data["gross_total"] == "10.50"
         assert session.scalars(select(Document.status)).one() == Status.OK
+
+
+def _document(database: Database, sha: str, kind: str = "pdf") -> int:
+    stored = repo.StoredDocument(
+        sha256=sha, kind=kind, size=1, path=f"{sha}.{kind}", filename=None, origin="attachment"
+    )
+    with database.transaction() as session:
+        account = repo.account_id(session, "a")
+        ref = MailRef(account="a", folder="local", key=sha)
+        repo.record_message(session, account, ref, ParsedMail(), [stored])
+        return session.scalars(select(Document.id).where(Document.sha256 == sha)).one()
+
+
+def test_same_business_key_is_one_live_invoice(database: Database) -> None:
+    """A second document with a live invoice's business key is stored as its duplicate."""
+    offline = Invoice(invoice_number="7", provenance=Provenance(extractor="offline"))
+    first, second = _document(database, "1" * 64), _document(database, "2" * 64)
+    with database.transaction() as session:
+        assert repo.record_invoice(session, first, offline, "k" * 64) == "new"
+        assert repo.record_invoice(session, second, offline, "k" * 64) == "duplicate"
+    with database.session() as session:
+        rows = session.execute(select(InvoiceRow.document_id, InvoiceRow.duplicate_of)).all()
+    live = {doc: dup for doc, dup in rows}
+    assert live[first] is None and live[second] is not None
+
+
+def test_xml_data_replaces_text_data_as_the_live_invoice(database: Database) -> None:
+    """An XML copy arriving after a text-extracted one becomes live; the older one its duplicate."""
+    text = Invoice(invoice_number="7", provenance=Provenance(extractor="offline"))
+    xml = Invoice(invoice_number="7", provenance=Provenance(extractor="einvoice", syntax="UBL"))
+    first, second, third = (_document(database, c * 64) for c in "345")
+    with database.transaction() as session:
+        assert repo.record_invoice(session, first, text, "k" * 64) == "new"
+        assert repo.record_invoice(session, second, text, "k" * 64) == "duplicate"
+        assert repo.record_invoice(session, third, xml, "k" * 64) == "new"
+    with database.session() as session:
+        rows = dict(session.execute(select(InvoiceRow.document_id, InvoiceRow.duplicate_of)).all())
+        live_id = session.scalars(
+            select(InvoiceRow.id).where(InvoiceRow.document_id == third)
+        ).one()
+    assert rows[third] is None
+    assert rows[first] == live_id and rows[second] == live_id
