@@ -1,4 +1,4 @@
-"""Build the sample Maildir in examples/mailbox/ from the PDFs in examples/documents/.
+"""Build the sample Maildir in examples/mailbox/ from the files in examples/documents/.
 
 Stdlib only and deterministic: fixed dates, Message-IDs, MIME boundaries and file
 names, so running it again produces byte-identical files (a test checks this).
@@ -22,7 +22,7 @@ ME = "Buchhaltung Strukan <buchhaltung@strukan.example>"
 
 
 def document(name: str) -> bytes:
-    """One of the PDFs copied from tests/corpus (see examples/README.md)."""
+    """One of the PDF or XML files in examples/documents (see examples/README.md)."""
     return (DOCUMENTS / name).read_bytes()
 
 
@@ -75,6 +75,17 @@ def mail(number: int, sender: str, subject: str, date: str, body: str) -> EmailM
 
 def attach_pdf(msg: EmailMessage, data: bytes, filename: str) -> None:
     msg.add_attachment(data, maintype="application", subtype="pdf", filename=filename)
+
+
+def attach_xml(msg: EmailMessage, data: bytes, content_type: str, filename: str) -> None:
+    # Bytes, so base64: the attachment decodes to exactly the file (line ends included).
+    maintype, subtype = content_type.split("/")
+    msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
+
+
+def last_part(msg: EmailMessage) -> EmailMessage:
+    *_, part = (p for p in msg.iter_attachments() if isinstance(p, EmailMessage))
+    return part
 
 
 def set_raw(part: EmailMessage, name: str, value: str) -> None:
@@ -322,12 +333,205 @@ def not_a_mail() -> bytes:
     return b"\x8b" + b"".join(chunks)
 
 
+# --------------------------------------------------- e-invoice XML mails (19-24)
+
+
+def bare_ubl(number: int) -> EmailMessage:
+    msg = mail(
+        number,
+        "Verkehrsbetriebe GmbH <rechnung@verkehrsbetriebe.example>",
+        "Ihre Rechnung E2018092011804 (XRechnung)",
+        "Tue, 05 Mar 2024 07:45:00 +0100",
+        "Guten Tag,\n\nanbei Ihre Rechnung als XRechnung (UBL). Ein PDF versenden wir nicht mehr.",
+    )
+    attach_xml(msg, document("XR_EN16931_OEPNV.ubl.xml"), "application/xml", "E2018092011804.xml")
+    return msg
+
+
+def rendering_and_xml(number: int) -> EmailMessage:
+    msg = mail(
+        number,
+        "MUSTERLIEFERANT GMBH <rechnung@musterlieferant.example>",
+        "Rechnungskorrektur RK21012345",
+        "Wed, 06 Mar 2024 10:10:00 +0100",
+        "Sehr geehrte Damen und Herren,\n\nanbei unsere Rechnungskorrektur RK21012345 als "
+        "XRechnung (CII) und zur Ansicht als PDF.",
+    )
+    # The PDF is only the human-readable view: its embedded XML was removed (examples/README.md).
+    attach_pdf(
+        msg,
+        document("XR_EN16931_Rechnungskorrektur_rendering.pdf"),
+        "Rechnungskorrektur_RK21012345.pdf",
+    )
+    attach_xml(
+        msg,
+        document("XR_EN16931_Rechnungskorrektur.cii.xml"),
+        "text/xml",
+        "Rechnungskorrektur_RK21012345.xml",
+    )
+    last_part(msg).set_param("charset", "utf-8")  # text/xml; charset="utf-8", still base64
+    return msg
+
+
+def resent_as_ubl(number: int) -> EmailMessage:
+    msg = mail(
+        number,
+        "MUSTERLIEFERANT GMBH <rechnung@musterlieferant.example>",
+        "Resend: invoice correction RK21012345",
+        "Thu, 07 Mar 2024 15:20:00 +0100",
+        "Dear customer,\n\nas requested, our invoice correction RK21012345 again, "
+        "this time in UBL.",
+    )
+    attach_xml(
+        msg,
+        document("XR_EN16931_Rechnungskorrektur.ubl.xml"),
+        "application/octet-stream",
+        "RK21012345.xml",
+    )
+    return msg
+
+
+def facturx_and_its_xml(number: int) -> EmailMessage:
+    msg = mail(
+        number,
+        "MUSTERLIEFERANT GMBH <rechnung@musterlieferant.example>",
+        "Warenrechnung R87654321012345 (ZUGFeRD 2.0 EXTENDED)",
+        "Fri, 08 Mar 2024 09:30:00 +0100",
+        "Guten Tag,\n\nanbei die Rechnung als ZUGFeRD-PDF und die XML-Datei noch einmal einzeln.",
+    )
+    attach_pdf(msg, document("ZF20_EXTENDED_Warenrechnung.pdf"), "R87654321012345.pdf")
+    attach_xml(
+        msg, document("ZF20_EXTENDED_Warenrechnung.xml"), "application/xml", "zugferd-invoice.xml"
+    )
+    # Some mailers write no Content-Type for a file they cannot type: only the disposition.
+    del last_part(msg)["Content-Type"]
+    return msg
+
+
+def sepa_payment() -> bytes:
+    """A short SEPA credit transfer initiation (pain.001.001.03): XML, but not an invoice."""
+    return b"""\
+<?xml version="1.0" encoding="UTF-8"?>
+<Document xmlns="urn:iso:std:iso:20022:tech:xsd:pain.001.001.03"
+          xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+  <CstmrCdtTrfInitn>
+    <GrpHdr>
+      <MsgId>STRUKAN-20240311-0001</MsgId>
+      <CreDtTm>2024-03-11T08:55:00</CreDtTm>
+      <NbOfTxs>1</NbOfTxs>
+      <CtrlSum>529.87</CtrlSum>
+      <InitgPty>
+        <Nm>Strukan GmbH</Nm>
+      </InitgPty>
+    </GrpHdr>
+    <PmtInf>
+      <PmtInfId>STRUKAN-20240311-0001-1</PmtInfId>
+      <PmtMtd>TRF</PmtMtd>
+      <BtchBookg>false</BtchBookg>
+      <NbOfTxs>1</NbOfTxs>
+      <CtrlSum>529.87</CtrlSum>
+      <PmtTpInf>
+        <SvcLvl>
+          <Cd>SEPA</Cd>
+        </SvcLvl>
+      </PmtTpInf>
+      <ReqdExctnDt>2024-03-12</ReqdExctnDt>
+      <Dbtr>
+        <Nm>Strukan GmbH</Nm>
+      </Dbtr>
+      <DbtrAcct>
+        <Id>
+          <IBAN>DE89370400440532013000</IBAN>
+        </Id>
+      </DbtrAcct>
+      <DbtrAgt>
+        <FinInstnId>
+          <BIC>COBADEFFXXX</BIC>
+        </FinInstnId>
+      </DbtrAgt>
+      <ChrgBr>SLEV</ChrgBr>
+      <CdtTrfTxInf>
+        <PmtId>
+          <EndToEndId>RE-471102</EndToEndId>
+        </PmtId>
+        <Amt>
+          <InstdAmt Ccy="EUR">529.87</InstdAmt>
+        </Amt>
+        <Cdtr>
+          <Nm>Lieferant GmbH</Nm>
+        </Cdtr>
+        <CdtrAcct>
+          <Id>
+            <IBAN>DE02120300000000202051</IBAN>
+          </Id>
+        </CdtrAcct>
+        <RmtInf>
+          <Ustrd>Rechnung 471102 vom 05.03.2018</Ustrd>
+        </RmtInf>
+      </CdtTrfTxInf>
+    </PmtInf>
+  </CstmrCdtTrfInitn>
+</Document>
+"""
+
+
+def not_an_invoice_xml(number: int) -> EmailMessage:
+    msg = mail(
+        number,
+        "Zahlungsverkehr Strukan <zahlungsverkehr@strukan.example>",
+        "SEPA-Überweisung zur Freigabe: Rechnung 471102",
+        "Mon, 11 Mar 2024 09:00:00 +0100",
+        "Hallo Buchhaltung,\n\nim Anhang die SEPA-Datei für die Bank, bitte freigeben.",
+    )
+    attach_xml(msg, sepa_payment(), "application/xml", "sepa-payment.xml")
+    return msg
+
+
+def billion_laughs() -> bytes:
+    """Nested entities (10 levels, 10**9 "lol"s when expanded) around a UBL Invoice root."""
+    entities = ['  <!ENTITY lol0 "lol">'] + [
+        f'  <!ENTITY lol{level} "{f"&lol{level - 1};" * 10}">' for level in range(1, 10)
+    ]
+    text = "\n".join(
+        [
+            '<?xml version="1.0" encoding="UTF-8"?>',
+            "<!DOCTYPE Invoice [",
+            *entities,
+            "]>",
+            '<Invoice xmlns="urn:oasis:names:specification:ubl:schema:xsd:Invoice-2"',
+            '         xmlns:cbc="urn:oasis:names:specification:ubl:schema:xsd:'
+            'CommonBasicComponents-2">',
+            "  <cbc:CustomizationID>urn:cen.eu:en16931:2017</cbc:CustomizationID>",
+            "  <cbc:ID>INV-88231</cbc:ID>",
+            "  <cbc:IssueDate>2024-03-12</cbc:IssueDate>",
+            "  <cbc:InvoiceTypeCode>380</cbc:InvoiceTypeCode>",
+            "  <cbc:Note>&lol9;</cbc:Note>",
+            "  <cbc:DocumentCurrencyCode>EUR</cbc:DocumentCurrencyCode>",
+            "</Invoice>",
+            "",
+        ]
+    )
+    return text.encode("ascii")
+
+
+def hostile_xml(number: int) -> EmailMessage:
+    msg = mail(
+        number,
+        "Billing Department <billing@invoices-online.example>",
+        "Invoice INV-88231 (UBL)",
+        "Tue, 12 Mar 2024 04:12:00 +0000",
+        "Dear customer,\n\nplease find your electronic invoice attached.",
+    )
+    attach_xml(msg, billion_laughs(), "application/xml", "invoice.xml")
+    return msg
+
+
 # ------------------------------------------------------------------ output
 
 
 def build() -> list[bytes]:
     """Every sample message as raw bytes, in mailbox order."""
-    makers: list[Callable[[int], EmailMessage]] = [
+    makers: list[Callable[[int], EmailMessage | bytes]] = [
         facture_rfc2047,
         rechnung_maerz_rfc2231,
         saeco_reminder,
@@ -338,14 +542,23 @@ def build() -> list[bytes]:
         html_as_pdf,
         download_link,
         bad_base64,
+        lambda _number: not_a_mail(),
+        bare_ubl,
+        rendering_and_xml,
+        resent_as_ubl,
+        facturx_and_its_xml,
+        not_an_invoice_xml,
+        hostile_xml,
     ]
-    messages = invoice_mails()
+    messages: list[EmailMessage | bytes] = [*invoice_mails()]
     messages += [make(len(messages) + 1 + i) for i, make in enumerate(makers)]
     raw = []
     for number, msg in enumerate(messages, start=1):
+        if isinstance(msg, bytes):  # already raw: not a mail at all
+            raw.append(msg)
+            continue
         fix_boundaries(msg, number)
         raw.append(msg.as_bytes(policy=policy.default))
-    raw.append(not_a_mail())
     return raw
 
 

@@ -48,16 +48,24 @@ def consistency_problems(db_url: str, storage: Path) -> list[str]:
 
 
 def exported(db_url: str) -> list[tuple[str, str]]:
-    """The exported invoices as comparable (document sha256, invoice JSON) pairs, sorted."""
+    """The export as comparable (document sha256, record JSON) pairs, duplicates included.
+
+    Database ids differ between databases and runs, so links between invoices are
+    rewritten as the linked invoice's document sha256.
+    """
     database = Database(db_url)
     try:
-        records = invoice_records(database)
+        records = invoice_records(database, include_duplicates=True)
     finally:
         database.dispose()
+    sha = {record["id"]: record["document_sha256"] for record in records}
     pairs = []
     for record in records:
         data: dict[str, Any] = dict(record)
         data.pop("id")
+        data["duplicates"] = sorted(sha[i] for i in data["duplicates"])
+        if data["duplicate_of"] is not None:
+            data["duplicate_of"] = sha[data["duplicate_of"]]
         pairs.append((data["document_sha256"], json.dumps(data, sort_keys=True)))
     return sorted(pairs)
 

@@ -25,6 +25,15 @@ EINVOICE_XML = {
     "ZF1_COMFORT_Einfach.pdf": "ZF1_COMFORT_Einfach.xml",
     "FX_FNFE_Facture_FR_BASICWL.pdf": "FX_FNFE_Facture_FR_BASICWL.xml",
     f"{KFZ}.pdf": f"{KFZ}.xml",
+    # bare XML attachments (mails 19, 20 and 22): the live invoice is the XML document itself
+    "XR_EN16931_OEPNV.ubl.xml": "XR_EN16931_OEPNV.ubl.xml",
+    "XR_EN16931_Rechnungskorrektur.cii.xml": "XR_EN16931_Rechnungskorrektur.cii.xml",
+    "ZF20_EXTENDED_Warenrechnung.xml": "ZF20_EXTENDED_Warenrechnung.xml",
+}
+# PDFs that came beside the XML of their invoice: kept as that invoice's rendering.
+RENDERINGS = {
+    "XR_EN16931_Rechnungskorrektur.cii.xml": "XR_EN16931_Rechnungskorrektur_rendering.pdf",
+    "ZF20_EXTENDED_Warenrechnung.xml": "ZF20_EXTENDED_Warenrechnung.pdf",
 }
 OFFLINE_PDFS = [
     "saeco.pdf",
@@ -70,7 +79,7 @@ def test_sample_twice_gives_identical_rows(db_url: str, tmp_path: Path) -> None:
     first = run(settings)
     assert first.exit_code == 0
     [summary] = first.accounts
-    assert (summary.seen, summary.invoices) == (18, 10)
+    assert (summary.seen, summary.invoices, summary.duplicates) == (24, 13, 1)
     database = Database(db_url)
     try:
         before = _snapshot(database)
@@ -83,12 +92,14 @@ def test_sample_twice_gives_identical_rows(db_url: str, tmp_path: Path) -> None:
         database.dispose()
 
     by_sha = {r["document_sha256"]: r for r in records}
-    assert len(by_sha) == len(records) == 10  # each invoice once, the reminder included
+    assert len(by_sha) == len(records) == 13  # each invoice once, reminder and resend included
     expected = {_sha(name) for name in [*EINVOICE_XML, *OFFLINE_PDFS]}
     assert set(by_sha) == expected
 
     for pdf, xml in EINVOICE_XML.items():
         record = dict(by_sha[_sha(pdf)])
+        renderings = [r["sha256"] for r in record["renderings"]]
+        assert renderings == ([_sha(RENDERINGS[pdf])] if pdf in RENDERINGS else [])
         for key in (
             "id",
             "document_sha256",
@@ -102,6 +113,9 @@ def test_sample_twice_gives_identical_rows(db_url: str, tmp_path: Path) -> None:
         assert truth is not None
         assert record == truth.model_dump(mode="json"), pdf
 
+    # mail 21 re-sent mail 20's invoice as UBL: linked as its duplicate, not a live invoice
+    assert len(by_sha[_sha("XR_EN16931_Rechnungskorrektur.cii.xml")]["duplicates"]) == 1
+
     for pdf in OFFLINE_PDFS:
         assert by_sha[_sha(pdf)]["provenance"]["extractor"] == "offline"
 
@@ -114,7 +128,7 @@ def test_sample_failures_are_recorded_with_reasons(tmp_path: Path) -> None:
     )
     result = run(load_settings(config))
     assert result.exit_code == 0
-    assert result.accounts[0].failed == 3 and result.accounts[0].retry_later == 0
+    assert result.accounts[0].failed == 4 and result.accounts[0].retry_later == 0
     database = Database(db_url)
     try:
         with database.session() as session:
@@ -125,6 +139,9 @@ def test_sample_failures_are_recorded_with_reasons(tmp_path: Path) -> None:
             broken = session.scalars(
                 select(Document).where(Document.filename == "invoice-broken.pdf")
             ).one()
+            hostile = session.scalars(
+                select(Document).where(Document.filename == "invoice.xml")
+            ).one()
             skipped = session.scalars(
                 select(Message).where(Message.subject == "Your invoice is ready")
             ).one()
@@ -134,3 +151,4 @@ def test_sample_failures_are_recorded_with_reasons(tmp_path: Path) -> None:
     assert any("not a mail" in (e or "") for e in failed)
     assert broken.status == "failed_fatal" and "broken PDF" in (broken.last_error or "")
     assert skipped.status == "no_invoice" and any("not a PDF" in n for n in skipped.notes)
+    assert hostile.status == "failed_fatal" and (hostile.last_error or "").startswith("unsafe_xml:")
