@@ -11,12 +11,14 @@ This module and ``cli`` are the only places that read the environment.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -38,8 +40,12 @@ __all__ = [
     "DatabaseSettings",
     "ExtractorKind",
     "ExtractorSettings",
+    "ImapPoolSettings",
     "LeaseSettings",
+    "OAuth2Settings",
     "RetrySettings",
+    "RunSettings",
+    "SearchSettings",
     "Settings",
     "StorageSettings",
     "TimeoutSettings",
@@ -64,6 +70,8 @@ class DatabaseSettings(_Section):
 class StorageSettings(_Section):
     dir: Path = Path("data/documents")
     """Where documents are kept, once each, named by sha256."""
+    tokens_dir: Path = Path("data/tokens")
+    """Rotated OAuth2 refresh tokens, one file per account (mode 0600)."""
     max_document_mb: float = Field(default=25, gt=0)
     """Attachments larger than this are skipped with a reason, never loaded into the store."""
 
@@ -89,6 +97,13 @@ class TimeoutSettings(_Section):
     """Deadline for one account within a run; the other accounts go on."""
     grace: float = Field(default=30, ge=0)
     """After the watchdog fires, seconds the run gets to stop cleanly before the process exits."""
+    imap_connect: float = Field(default=30, gt=0)
+    imap_login: float = Field(default=20, gt=0)
+    imap_search: float = Field(default=15, gt=0)
+    imap_fetch: float = Field(default=20, gt=0)
+    imap_mark: float = Field(default=10, gt=0)
+    oauth_token: float = Field(default=20, gt=0)
+    """The OAuth2 token endpoint's answer."""
 
 
 class RetrySettings(_Section):
@@ -119,6 +134,13 @@ class BreakerSettings(_Section):
     """Seconds the breaker stays open before one trial call."""
 
 
+class RunSettings(_Section):
+    """``[run]``: how one run works."""
+
+    parallel_accounts: int = Field(default=4, ge=1)
+    """Accounts worked at the same time (threads), each under its own deadline."""
+
+
 class LeaseSettings(_Section):
     """``[leases]``: how overlapping runs and workers share accounts."""
 
@@ -126,16 +148,88 @@ class LeaseSettings(_Section):
     """Seconds a claim on an account lasts without renewal; renewed every ttl/3 while working."""
 
 
+class SearchSettings(_Section):
+    """Server-side filters for IMAP: only matching messages are examined at all."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    since: dt.date | None = None
+    """Only messages received on or after this day."""
+    from_: list[str] = Field(default=[], alias="from")
+    """Any of these senders (substrings, e.g. "@vendor.com")."""
+    subject: list[str] = []
+    """Any of these words in the subject."""
+
+
+class OAuth2Settings(_Section):
+    """XOAUTH2 login: the access token is refreshed from the refresh token at ``token_url``."""
+
+    token_url: str
+    client_id: str
+    client_secret: SecretStr | None = None
+    client_secret_env: str | None = None
+    client_secret_file: Path | None = None
+    refresh_token: SecretStr | None = None
+    refresh_token_env: str | None = None
+    refresh_token_file: Path | None = None
+    scope: str | None = None
+
+
+_AFTER_INGEST = re.compile(r"^(none|seen|flag|move:.+|label:.+)$")
+
+
 class AccountSettings(_Section):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.@-]+$")
     maildir: Path | None = None
     """Local source: a Maildir, an .mbox file, or a folder of .eml files."""
+    imap_host: str | None = None
+    imap_port: int | None = Field(default=None, gt=0, lt=65536)
+    """Default 993 for ssl, 143 otherwise."""
+    security: Literal["ssl", "starttls", "none"] = "ssl"
+    allow_insecure: bool = False
+    """Required for security = "none": passwords then cross the network in clear."""
+    tls_verify: bool = True
+    ca_file: Path | None = None
+    """A private CA's certificate, for servers whose certificate a public CA did not sign."""
+    username: str | None = None
+    password: SecretStr | None = None
+    password_env: str | None = None
+    password_file: Path | None = None
+    oauth2: OAuth2Settings | None = None
+    folders: list[str] = ["INBOX"]
+    search: SearchSettings = SearchSettings()
+    after_ingest: str = "none"
+    """What to do with a mail once its documents are stored: none | seen | flag |
+    move:<folder> | label:<gmail label>."""
 
     @model_validator(mode="after")
     def _one_source(self) -> AccountSettings:
-        if self.maildir is None:
-            raise ValueError("an account needs a source: set maildir")
+        if (self.maildir is None) == (self.imap_host is None):
+            raise ValueError("an account needs exactly one source: maildir or imap_host")
+        if self.imap_host is not None:
+            if not self.username:
+                raise ValueError("an IMAP account needs a username")
+            if self.security == "none" and not self.allow_insecure:
+                raise ValueError(
+                    'security = "none" sends the password in clear: '
+                    "set allow_insecure = true to accept that"
+                )
+            if not _AFTER_INGEST.match(self.after_ingest):
+                raise ValueError(
+                    "after_ingest must be none, seen, flag, move:<folder> or label:<label>"
+                )
         return self
+
+    @property
+    def port(self) -> int:
+        return self.imap_port or (993 if self.security == "ssl" else 143)
+
+
+class ImapPoolSettings(_Section):
+    max_connections: int = Field(default=5, ge=1)
+    """Connections per account."""
+    idle_timeout: float = Field(default=300, gt=0)
+    """A connection idle this long is closed instead of reused."""
 
 
 class Settings(BaseSettings):
@@ -157,6 +251,8 @@ class Settings(BaseSettings):
     retries: RetrySettings = RetrySettings()
     breaker: BreakerSettings = BreakerSettings()
     leases: LeaseSettings = LeaseSettings()
+    run: RunSettings = RunSettings()
+    imap_pool: ImapPoolSettings = ImapPoolSettings()
     accounts: list[AccountSettings] = []
 
     @field_validator("accounts")
@@ -225,12 +321,47 @@ def load_settings(path: Path) -> Settings:
     """Read and validate the configuration; every problem is one ``ConfigError`` line."""
     data = _read_toml(path)
     try:
-        return Settings(**data)
+        settings = Settings(**data)
     except ValidationError as exc:
         key, problem = _describe(exc.errors()[0])
         more = exc.error_count() - 1
         suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
         raise ConfigError(f"{problem} (in {path}){suffix}", key=key) from None
+    return _with_secrets(settings)
+
+
+def _with_secrets(settings: Settings) -> Settings:
+    """Resolve every ``*_env`` / ``*_file`` secret now, so a missing one is a config error."""
+    accounts = []
+    for index, account in enumerate(settings.accounts):
+        prefix = f"accounts[{index}]"
+        password = resolve_secret(
+            f"{prefix}.password",
+            value=account.password,
+            env=account.password_env,
+            file=account.password_file,
+            secrets_dir=settings.secrets_dir,
+        )
+        oauth2 = account.oauth2
+        if oauth2 is not None:
+            oauth2 = oauth2.model_copy(
+                update={
+                    name: resolve_secret(
+                        f"{prefix}.oauth2.{name}",
+                        value=getattr(oauth2, name),
+                        env=getattr(oauth2, f"{name}_env"),
+                        file=getattr(oauth2, f"{name}_file"),
+                        secrets_dir=settings.secrets_dir,
+                    )
+                    for name in ("client_secret", "refresh_token")
+                }
+            )
+            if oauth2.refresh_token is None:
+                raise ConfigError("XOAUTH2 needs a refresh token", key=f"{prefix}.oauth2")
+        elif account.imap_host is not None and password is None:
+            raise ConfigError("an IMAP account needs a password or oauth2", key=prefix)
+        accounts.append(account.model_copy(update={"password": password, "oauth2": oauth2}))
+    return settings.model_copy(update={"accounts": accounts})
 
 
 def resolve_secret(

@@ -16,6 +16,7 @@ __all__ = [
     "AllowanceCharge",
     "Attachment",
     "DocumentType",
+    "FolderPosition",
     "Invoice",
     "LineItem",
     "MailRef",
@@ -46,6 +47,14 @@ class MailRef(_Model):
     uidvalidity: int | None = None
     uid: int | None = None
     size: int | None = None
+    message_id: str | None = None
+
+
+class FolderPosition(_Model):
+    """How far a folder has been examined: IMAP UIDVALIDITY and the highest UID done."""
+
+    uidvalidity: int | None = None
+    last_uid: int | None = None
 
 
 class Attachment(_Model):

@@ -51,12 +51,20 @@ def print_summary(result: RunResult) -> None:
     for summary in result.accounts:
         if summary.error:
             console.print(f"{summary.account}: {summary.error}", markup=False)
+        if summary.transfer:
+            counters = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in summary.transfer.items())
+            console.print(f"{summary.account}: imap connections {counters}", markup=False)
+        if summary.post_actions:
+            console.print(
+                f"{summary.account}: after_ingest applied to {summary.post_actions} mail(s)"
+            )
 
 
 def print_status(database: Database) -> None:
     console = _console()
     with database.session() as session:
         accounts = repo.account_overview(session)
+        reconnect = repo.accounts_needing_reconnect(session)
         runs = repo.recent_runs(session)
         items = repo.open_items(session)
     table = Table(title="accounts (messages by status)")
@@ -71,6 +79,8 @@ def print_status(database: Database) -> None:
             ),
         )
     console.print(table)
+    for name, reason in reconnect:
+        console.print(f"{name}: NEEDS RECONNECT — {reason}", markup=False)
     table = Table(title="recent runs")
     for column in ("run", "started", "finished", "status", "error"):
         table.add_column(column)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import requests
@@ -31,7 +32,13 @@ from invoicesync.errors import (
 )
 from invoicesync.resilience.retry_after import retry_after_from_headers
 
-__all__ = ["raise_for_status", "redact_url", "translate_requests_errors"]
+__all__ = [
+    "FormAnswer",
+    "post_form",
+    "raise_for_status",
+    "redact_url",
+    "translate_requests_errors",
+]
 
 _STAGE = "fetch"
 # ssl is imported only in invoicesync/mail/, so a certificate failure buried in
@@ -170,3 +177,28 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         yield current
         pending.extend(current.args)
         pending.extend((getattr(current, "reason", None), current.__cause__, current.__context__))
+
+
+@dataclass(frozen=True, slots=True)
+class FormAnswer:
+    """An HTTP answer, whatever its status: the caller interprets error bodies (OAuth)."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+USER_AGENT = "invoicesync (+https://github.com/invoicesync/invoicesync)"
+
+
+def post_form(url: str, form: dict[str, str], *, timeout: float) -> FormAnswer:
+    """POST an urlencoded form (an OAuth2 token request); transport failures are translated."""
+    with translate_requests_errors("token request", url=url), requests.Session() as session:
+        response = session.post(
+            url,
+            data=form,
+            timeout=(min(timeout, 10.0), timeout),
+            headers={"Accept": "application/json", "User-Agent": USER_AGENT},
+            allow_redirects=False,
+        )
+        return FormAnswer(response.status_code, dict(response.headers), response.content)

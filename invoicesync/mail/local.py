@@ -16,7 +16,7 @@ from pathlib import Path
 
 from invoicesync.errors import BadInputError, ConfigError
 from invoicesync.mail.source import MailSource
-from invoicesync.models import MailRef
+from invoicesync.models import FolderPosition, MailRef
 
 __all__ = ["LOCAL_FOLDER", "EmlFolderSource", "MaildirSource", "MboxSource", "open_local_source"]
 
@@ -74,8 +74,12 @@ class _LocalSource:
         """The one folder of a local source."""
         return (LOCAL_FOLDER,)
 
-    def scan(self, folder: str) -> Iterator[MailRef]:
-        """Yield each distinct message once, keyed by the sha256 of its raw bytes."""
+    def scan(self, folder: str, position: FolderPosition | None = None) -> Iterator[MailRef]:
+        """Yield each distinct message once, keyed by the sha256 of its raw bytes.
+
+        Local files have no positions: every scan lists everything, and the
+        pipeline skips the keys it already has.
+        """
         self._check_folder(folder)
         locations: dict[str, Path | str] = {}
         for location in self._list():
@@ -114,6 +118,12 @@ class _LocalSource:
                 f"{self.path}: message {location} changed since it was scanned", stage="mail"
             )
         return data
+
+    def position(self, folder: str) -> FolderPosition | None:
+        return None
+
+    def after_ingest(self, folder: str, uids: Sequence[int]) -> None:
+        """Local files are never changed."""
 
     def close(self) -> None:
         """Forget the key map (a later ``fetch`` needs a new ``scan``)."""

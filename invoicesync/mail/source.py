@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
-from invoicesync.models import MailRef
+from invoicesync.models import FolderPosition, MailRef
 
 __all__ = ["MailSource"]
 
@@ -14,7 +14,8 @@ class MailSource(Protocol):
     """A mailbox the pipeline reads from.
 
     ``scan`` lists the messages of one folder as stable ``MailRef`` values (the
-    pipeline decides which are new); ``fetch`` returns one message's raw bytes.
+    pipeline decides which are new); ``fetch`` returns one message's bytes (for
+    IMAP: rebuilt from only the parts that matter).
     Errors are raised as the project's own (``TransientError`` / ``FatalError``).
     """
 
@@ -25,8 +26,18 @@ class MailSource(Protocol):
 
     def folders(self) -> Sequence[str]: ...
 
-    def scan(self, folder: str) -> Iterator[MailRef]: ...
+    def scan(self, folder: str, position: FolderPosition | None = None) -> Iterator[MailRef]:
+        """Messages after ``position`` (incremental sources) or all of them (local files)."""
+        ...
+
+    def position(self, folder: str) -> FolderPosition | None:
+        """Where the last scan of ``folder`` ended; None for sources without positions."""
+        ...
 
     def fetch(self, ref: MailRef) -> bytes: ...
+
+    def after_ingest(self, folder: str, uids: Sequence[int]) -> None:
+        """The post-action for mails whose work is committed (flag, move …); may be a no-op."""
+        ...
 
     def close(self) -> None: ...

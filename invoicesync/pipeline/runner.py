@@ -16,13 +16,16 @@ import logging
 import os
 import socket
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import TypeVar
 
 from sqlalchemy.orm import Session
 
 from invoicesync.config import AccountSettings, Settings
 from invoicesync.errors import (
+    AuthError,
     BadInputError,
     FatalError,
     InvoiceSyncError,
@@ -30,22 +33,23 @@ from invoicesync.errors import (
     TransientError,
 )
 from invoicesync.extract.select import ExtractorSelection
-from invoicesync.mail.local import open_local_source
 from invoicesync.mail.source import MailSource
-from invoicesync.models import MailRef
+from invoicesync.models import MailRef, ParsedMail
 from invoicesync.pipeline import stages
 from invoicesync.pipeline.lease_keeper import LeaseKeeper
+from invoicesync.pipeline.sources import open_source
 from invoicesync.resilience.breaker import Breakers, CircuitOpenError
 from invoicesync.resilience.retry import RetryPolicy
 from invoicesync.resilience.timeouts import Deadline
 from invoicesync.resilience.watchdog import StopSwitch
-from invoicesync.store import leases
+from invoicesync.store import leases, sync
 from invoicesync.store import repository as repo
 from invoicesync.store.db import Database
 from invoicesync.store.files import DocumentFiles
+from invoicesync.store.repository import StoredDocument
 from invoicesync.store.schema import Document, Status
 
-__all__ = ["AccountSummary", "RunResult", "Runner", "open_source"]
+__all__ = ["AccountSummary", "RunResult", "Runner"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -54,7 +58,7 @@ T = TypeVar("T")
 @dataclass
 class AccountSummary:
     account: str
-    status: str = "ok"  # ok | partial | fatal | deadline | skipped
+    status: str = "ok"  # ok | partial | fatal | needs_reconnect | deadline | skipped
     seen: int = 0
     new_messages: int = 0
     documents: int = 0
@@ -64,6 +68,8 @@ class AccountSummary:
     failed: int = 0  # items that failed this run (bad input included)
     retry_later: int = 0  # of those, transient: still pending for the next run
     left_pending: int = 0  # not tried: an endpoint's circuit breaker was open
+    post_actions: int = 0  # mails flagged / moved / labelled after their work was committed
+    transfer: dict[str, int] = field(default_factory=dict)  # IMAP pool and fetch counters
     error: str | None = None
 
 
@@ -80,16 +86,11 @@ class RunResult:
         statuses = {a.status for a in self.accounts}
         if self.status == "aborted" or "deadline" in statuses:
             return 4
-        if "fatal" in statuses:
+        if statuses & {"fatal", "needs_reconnect"}:
             return 3
         if "partial" in statuses:
             return 1
         return 0
-
-
-def open_source(account: AccountSettings) -> MailSource:
-    assert account.maildir is not None  # guaranteed by AccountSettings validation
-    return open_local_source(account.name, account.maildir)
 
 
 class Runner:
@@ -99,7 +100,7 @@ class Runner:
         database: Database,
         *,
         switch: StopSwitch | None = None,
-        source_factory: Callable[[AccountSettings], MailSource] = open_source,
+        source_factory: Callable[[AccountSettings], MailSource] | None = None,
     ) -> None:
         self.settings = settings
         self.db = database
@@ -107,6 +108,7 @@ class Runner:
         self.files = DocumentFiles(settings.storage.dir)
         self.extractors = ExtractorSelection(settings.extractor)
         self.source_factory = source_factory
+        self._account_deadline: Deadline | None = None
         self.breakers = Breakers(settings.breaker)
         self.max_bytes = int(settings.storage.max_document_mb * 1024 * 1024)
         self.run_id: int | None = None
@@ -120,10 +122,19 @@ class Runner:
         self.run_id = run_id = self._tx(lambda s: self._start(s, host))
         result = RunResult(run_id=run_id, status="running")
         try:
-            for account in self.settings.accounts:
-                summary = AccountSummary(account.name)
-                result.accounts.append(summary)
-                self._run_account(account, summary)
+            result.accounts = [AccountSummary(a.name) for a in self.settings.accounts]
+            workers = max(1, min(self.settings.run.parallel_accounts, len(result.accounts)))
+            # Accounts run side by side, each under its own deadline and lease; one
+            # account's failure is recorded in its summary and never stops the others.
+            with ThreadPoolExecutor(workers, thread_name_prefix="account") as pool:
+                futures = [
+                    pool.submit(self._run_account, account, summary)
+                    for account, summary in zip(
+                        self.settings.accounts, result.accounts, strict=True
+                    )
+                ]
+                for future in futures:
+                    future.result()  # re-raises RunAborted from any account
             result.status = {0: "ok", 1: "partial", 3: "fatal", 4: "aborted"}[result.exit_code]
         except RunAborted as stop:
             result.status, result.error = stop.status, stop.reason
@@ -190,6 +201,9 @@ class Runner:
             self._work_account(account, account_id, summary, lease)
         finally:
             lease.release()
+        reason = summary.error if summary.status == "needs_reconnect" else None
+        if summary.status in {"ok", "needs_reconnect"}:
+            self._tx(partial(repo.set_needs_reconnect, account=account_id, reason=reason))
         if summary.left_pending:
             endpoints = ", ".join(self.breakers.open_endpoints()) or "an endpoint"
             summary.error = summary.error or (
@@ -207,17 +221,24 @@ class Runner:
     ) -> None:
         deadline = self._deadline.child(self.settings.timeouts.account)
         try:
-            source = self.source_factory(account)
+            if self.source_factory is not None:
+                source = self.source_factory(account)
+            else:
+                source = open_source(
+                    account, self.settings, cancel=self.switch.event, deadline=deadline
+                )
         except InvoiceSyncError as exc:  # e.g. bad credentials (fatal), server down (transient)
             summary.status = "fatal" if isinstance(exc, FatalError) else "partial"
             summary.error = str(exc)
             log.error("account=%s stage=open error=%s", account.name, exc)
             return
-        closer = self.switch.register(source.close)
+        # The watchdog drops connections at once (abort); a normal end logs out (close).
+        closer = self.switch.register(getattr(source, "abort", source.close))
         try:
             for folder in source.folders():
                 self._ingest_folder(source, account_id, folder, summary, deadline, lease)
             self._extract_pending(account_id, summary, deadline, lease)
+            self._post_actions(source, account_id, summary)
         except _AccountStopped as stop:
             summary.status, summary.error = stop.status, stop.reason
             log.warning("account=%s %s", account.name, stop.reason)
@@ -225,10 +246,16 @@ class Runner:
             self.switch.raise_if_tripped()  # a connection closed by the watchdog fails here
             summary.status = "fatal" if isinstance(exc, FatalError) else "partial"
             summary.error = str(exc)
+            if isinstance(exc, AuthError) and account.oauth2 is not None:
+                # A revoked grant: only a person can fix it. Say so until they do.
+                summary.status = "needs_reconnect"
             log.error("account=%s error=%s", account.name, exc)
         finally:
             self.switch.unregister(closer)
             source.close()
+            stats = getattr(source, "stats", None)
+            if stats is not None:
+                summary.transfer = stats()
 
     def _ingest_folder(
         self,
@@ -241,13 +268,67 @@ class Runner:
     ) -> None:
         with self.db.session() as session:
             known = repo.known_message_keys(session, account_id, folder)
-        for ref in source.scan(folder):
+            position = sync.folder_position(session, account_id, folder)
+        seen_before: set[str] | None = None
+        for ref in source.scan(folder, position):
             summary.seen += 1
             if ref.key in known:
                 continue
             self._check(deadline, lease)
             known.add(ref.key)  # the same bytes twice in one folder are one message
+            if position is not None and ref.uidvalidity != position.uidvalidity:
+                # UIDVALIDITY changed: mails stored before are recognised by Message-ID.
+                if seen_before is None:
+                    with self.db.session() as session:
+                        seen_before = sync.done_message_ids(session, account_id, folder)
+                if ref.message_id and ref.message_id in seen_before:
+                    self._tx(partial(self._record_seen_before, account_id=account_id, ref=ref))
+                    continue
             self._ingest_one(source, account_id, ref, summary)
+        current = source.position(folder)
+        if current is None or current.uidvalidity is None:
+            return  # local sources list every message on every scan
+        with self.db.session() as session:
+            retry = sync.workable_refs(session, account_id, folder, current.uidvalidity)
+        for ref in retry:
+            if ref.key in known:
+                continue
+            self._check(deadline, lease)
+            known.add(ref.key)
+            self._ingest_one(
+                source, account_id, ref.model_copy(update={"account": source.account}), summary
+            )
+
+    def _record_seen_before(self, session: Session, *, account_id: int, ref: MailRef) -> None:
+        note = ParsedMail(message_id=ref.message_id, skipped=["stored before a UIDVALIDITY change"])
+        repo.record_message(session, account_id, ref, note, [], status=Status.OK)
+        sync.advance_position(session, account_id, ref)
+
+    def _post_actions(self, source: MailSource, account_id: int, summary: AccountSummary) -> None:
+        """after_ingest for mails whose documents are all extracted and committed."""
+        with self.db.session() as session:
+            ready = sync.awaiting_post_action(session, account_id)
+        for (folder, uidvalidity), uids in ready.items():
+            current = source.position(folder)
+            if current is None or current.uidvalidity != uidvalidity:
+                continue  # those UIDs mean other mails now
+            try:
+                source.after_ingest(folder, uids)
+            except TransientError as exc:
+                summary.error = summary.error or f"post-action failed, retried next run: {exc}"
+                log.warning(
+                    "account=%s folder=%s post-action failed: %s", summary.account, folder, exc
+                )
+                continue
+            done = partial(
+                sync.post_action_done,
+                account=account_id,
+                folder=folder,
+                uidvalidity=uidvalidity,
+                uids=uids,
+            )
+            self._tx(done)
+            summary.post_actions += len(uids)
 
     def _ingest_one(
         self, source: MailSource, account_id: int, ref: MailRef, summary: AccountSummary
@@ -259,7 +340,7 @@ class Runner:
                 breaker = self.breakers.for_endpoint(source.endpoint)
                 parsed = breaker.call(lambda: stages.fetch_and_parse(source, ref))
             documents = stages.store_documents(parsed, self.files, max_bytes=self.max_bytes)
-            self._tx(lambda s: repo.record_message(s, account_id, ref, parsed, documents))
+            self._tx(lambda s: self._record(s, account_id, ref, parsed, documents, source))
         except CircuitOpenError:
             summary.left_pending += 1  # not an attempt: the endpoint is down, try next run
             return
@@ -275,22 +356,42 @@ class Runner:
         summary.new_messages += 1
         summary.documents += len(documents)
 
+    def _record(
+        self,
+        session: Session,
+        account_id: int,
+        ref: MailRef,
+        parsed: ParsedMail,
+        documents: list[StoredDocument],
+        source: MailSource,
+    ) -> None:
+        wants_action = source.endpoint is not None and self._after_ingest(source.account)
+        repo.record_message(session, account_id, ref, parsed, documents, post_action=wants_action)
+        sync.advance_position(session, account_id, ref)
+
+    def _after_ingest(self, account: str) -> bool:
+        return any(a.name == account and a.after_ingest != "none" for a in self.settings.accounts)
+
     def _message_failed(
         self, account_id: int, ref: MailRef, exc: InvoiceSyncError, summary: AccountSummary
     ) -> None:
         self.switch.raise_if_tripped()  # failures caused by the stop itself are not recorded
         wanted = Status.FAILED_TRANSIENT if isinstance(exc, TransientError) else Status.FAILED_FATAL
         reason = f"{exc.kind}: {exc}"
-        status = self._tx(
-            lambda s: repo.record_message_failure(
-                s,
+
+        def record(session: Session) -> str:
+            status = repo.record_message_failure(
+                session,
                 account_id,
                 ref,
                 status=wanted,
                 error=reason,
                 max_attempts=self.settings.retries.item_attempts,
             )
-        )
+            sync.advance_position(session, account_id, ref)
+            return status
+
+        status = self._tx(record)
         summary.failed += 1
         summary.retry_later += status == Status.FAILED_TRANSIENT
         log.warning("account=%s key=%s stage=ingest %s", ref.account, ref.key[:12], reason)

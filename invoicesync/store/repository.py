@@ -34,6 +34,7 @@ __all__ = [
     "StoredDocument",
     "account_id",
     "account_overview",
+    "accounts_needing_reconnect",
     "count_by_status",
     "finish_run",
     "invoice_links",
@@ -48,6 +49,7 @@ __all__ = [
     "record_message_failure",
     "record_rendering",
     "reset_items",
+    "set_needs_reconnect",
     "sibling_einvoices",
     "start_run",
     "workable_documents",
@@ -79,6 +81,11 @@ def account_id(session: Session, name: str) -> int:
     return session.scalars(select(Account.id).where(Account.name == name)).one()
 
 
+def set_needs_reconnect(session: Session, *, account: int, reason: str | None) -> None:
+    """Remember (or clear, with None) that a person must reconnect this account."""
+    session.execute(update(Account).where(Account.id == account).values(needs_reconnect=reason))
+
+
 def known_message_keys(session: Session, account: int, folder: str) -> set[str]:
     """Keys of messages a normal run must not work again (done, or parked as fatal)."""
     rows = session.scalars(
@@ -107,10 +114,17 @@ def record_message(
     ref: MailRef,
     parsed: ParsedMail,
     documents: Sequence[StoredDocument],
+    *,
+    status: str | None = None,
+    post_action: bool = False,
 ) -> int:
-    """Store a parsed message, its documents and the links between them; returns the message id."""
+    """Store a parsed message, its documents and the links between them; returns the message id.
+
+    ``post_action`` marks the mail as awaiting the account's after_ingest action,
+    which runs only once its documents are extracted too.
+    """
     now = _now()
-    status = Status.OK if documents else Status.NO_INVOICE
+    status = status or (Status.OK if documents else Status.NO_INVOICE)
     header = {
         "message_id": parsed.message_id,
         "subject": parsed.subject,
@@ -120,6 +134,7 @@ def record_message(
         "last_error": None,
         "links": list(parsed.links),
         "notes": list(parsed.skipped),
+        "post_action": "pending" if post_action else None,
         "updated_at": now,
     }
     statement = dialect_insert(session, Message).values(
@@ -509,6 +524,13 @@ def account_overview(session: Session) -> list[tuple[str, dict[str, int]]]:
         if status is not None:
             counts[status] = count
     return list(overview.items())
+
+
+def accounts_needing_reconnect(session: Session) -> list[tuple[str, str]]:
+    rows = session.execute(
+        select(Account.name, Account.needs_reconnect).where(Account.needs_reconnect.is_not(None))
+    )
+    return [(name, reason or "") for name, reason in rows]
 
 
 def recent_runs(session: Session, limit: int = 5) -> list[Run]:

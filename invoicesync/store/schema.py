@@ -86,6 +86,8 @@ class Account(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=_now)
+    #: Why a person must reconnect this account (a revoked OAuth grant); None when fine.
+    needs_reconnect: Mapped[str | None] = mapped_column(Text)
 
 
 class SyncState(Base):
@@ -121,6 +123,8 @@ class Message(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     links: Mapped[list[str]] = mapped_column(JSON, default=list)
     notes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: "pending" until the account's after_ingest action (flag, move …) has been applied.
+    post_action: Mapped[str | None] = mapped_column(String(20), index=True)
     first_seen_at: Mapped[dt.datetime] = mapped_column(default=_now)
     updated_at: Mapped[dt.datetime] = mapped_column(default=_now, onupdate=_now)
 

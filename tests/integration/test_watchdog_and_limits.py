@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from invoicesync.config import AccountSettings, Settings, load_settings
 from invoicesync.errors import NetworkError, RunAborted
-from invoicesync.models import MailRef
+from invoicesync.models import FolderPosition, MailRef
 from invoicesync.pipeline.runner import Runner
 from invoicesync.resilience.watchdog import StopSwitch, Watchdog
 from invoicesync.store import leases
@@ -42,7 +42,13 @@ class PeerSource:
     def folders(self) -> Sequence[str]:
         return ["INBOX"]
 
-    def scan(self, folder: str) -> Iterator[MailRef]:
+    def position(self, folder: str) -> FolderPosition | None:
+        return None  # like a local source: every scan lists everything
+
+    def after_ingest(self, folder: str, uids: Sequence[int]) -> None:
+        pass
+
+    def scan(self, folder: str, position: FolderPosition | None = None) -> Iterator[MailRef]:
         for uid in range(1, self.total + 1):
             yield MailRef(
                 account=self.account, folder=folder, key=f"1:{uid}", uidvalidity=1, uid=uid

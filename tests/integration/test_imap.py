@@ -1,0 +1,223 @@
+"""IMAP ingestion against a real Dovecot: TLS modes, incremental sync, post-actions, timeouts."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from invoicesync import load_settings, run
+from invoicesync.pipeline.runner import RunResult
+from invoicesync.store.db import Database
+from invoicesync.store.schema import Message
+from tests.conftest import EXAMPLES, write_config
+from tests.dovecot import Dovecot, ImapUser, SilentImap
+from tests.helpers import exported
+
+SAMPLE = sorted((EXAMPLES / "mailbox" / "cur").iterdir())
+INSTANT = "[retries]\ntime_scale = 0\n"
+
+
+def _imap_config(
+    tmp_path: Path,
+    dovecot: Dovecot,
+    user: ImapUser,
+    *,
+    security: str = "starttls",
+    extra_account: str = "",
+    extra: str = "",
+    name: str = "c.toml",
+) -> Path:
+    port = dovecot.tls_port if security == "ssl" else dovecot.plain_port
+    allow = "allow_insecure = true\n" if security == "none" else ""
+    config = tmp_path / name
+    config.write_text(
+        f"""
+[database]
+url = "sqlite:///{tmp_path / "db.sqlite"}"
+[storage]
+dir = "{tmp_path / "docs"}"
+{INSTANT}
+{extra}
+[[accounts]]
+name = "billing"
+imap_host = "{dovecot.host}"
+imap_port = {port}
+security = "{security}"
+{allow}ca_file = "{dovecot.ca_file}"
+username = "{user.name}"
+password = "{user.password}"
+{extra_account}
+""",
+        encoding="utf-8",
+    )
+    return config
+
+
+def _fill(dovecot: Dovecot, user: ImapUser, mails: list[Path] = SAMPLE) -> None:
+    for path in mails:
+        data = path.read_bytes()
+        if data[:1].isalpha():  # the junk "mail" has no headers: Dovecot would store it anyway
+            dovecot.append(user.name, "INBOX", data)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, str]]:
+    """What the local sample mailbox yields: IMAP must yield exactly the same invoices."""
+    base = tmp_path_factory.mktemp("ref")
+    url = f"sqlite:///{base / 'ref.db'}"
+    config = write_config(
+        base / "c.toml", db_url=url, storage=base / "docs", maildir=EXAMPLES / "mailbox"
+    )
+    assert run(load_settings(config)).exit_code == 0
+    return exported(url)
+
+
+def _run(config: Path) -> RunResult:
+    return run(load_settings(config))
+
+
+@pytest.mark.parametrize("security", ["none", "starttls", "ssl"])
+def test_ingests_the_sample_over_each_transport(
+    dovecot: Dovecot,
+    imap_user: ImapUser,
+    tmp_path: Path,
+    security: str,
+    reference: list[tuple[str, str]],
+) -> None:
+    """Plain, STARTTLS and TLS (private CA) all ingest exactly the local sample's invoices."""
+    _fill(dovecot, imap_user)
+    result = _run(_imap_config(tmp_path, dovecot, imap_user, security=security))
+    assert result.exit_code == 0, result.accounts
+    assert exported(f"sqlite:///{tmp_path / 'db.sqlite'}") == reference
+
+
+def test_second_run_fetches_no_bodies_and_post_action_flags(
+    dovecot: Dovecot, imap_user: ImapUser, tmp_path: Path
+) -> None:
+    """after_ingest=flag marks each done mail on the server; a rerun fetches nothing."""
+    _fill(dovecot, imap_user)
+    config = _imap_config(tmp_path, dovecot, imap_user, extra_account='after_ingest = "flag"\n')
+    first = _run(config)
+    [summary] = first.accounts
+    assert first.exit_code == 0 and summary.invoices == 13
+    assert summary.transfer["bodies_fetched"] == summary.seen  # each new mail fetched once
+    flags = dovecot.flags(imap_user.name, "INBOX")
+    database = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    with database.session() as session:
+        done = {
+            m.uid
+            for m in session.scalars(
+                select(Message).where(Message.status.in_(["ok", "no_invoice"]))
+            )
+        }
+    database.dispose()
+    assert {uid for uid, f in flags.items() if "\\Flagged" in f} == done
+    assert all("\\Seen" not in f for f in flags.values())  # BODY.PEEK never marks mail read
+    second = _run(config)
+    [again] = second.accounts
+    assert (again.seen, again.new_messages, again.transfer["bodies_fetched"]) == (0, 0, 0)
+    assert again.transfer["bytes_fetched"] == 0
+
+
+def test_selective_fetch_skips_big_non_pdf_attachments(
+    dovecot: Dovecot, imap_user: ImapUser, tmp_path: Path
+) -> None:
+    """A mail with a 2 MB image and a small PDF costs the PDF's bytes, not the image's."""
+    from email.message import EmailMessage
+
+    message = EmailMessage()
+    message["From"], message["To"], message["Subject"] = "a@b.example", "c@d.example", "Scan"
+    message["Message-ID"] = "<big@b.example>"
+    message.set_content("Invoice and photo attached.")
+    message.add_attachment(
+        b"\xff\xd8\xff" + bytes(2_000_000), maintype="image", subtype="jpeg", filename="photo.jpg"
+    )
+    pdf = (EXAMPLES / "documents" / "saeco.pdf").read_bytes()
+    message.add_attachment(pdf, maintype="application", subtype="pdf", filename="saeco.pdf")
+    dovecot.append(imap_user.name, "INBOX", message.as_bytes())
+    result = _run(_imap_config(tmp_path, dovecot, imap_user))
+    [summary] = result.accounts
+    assert summary.invoices == 1
+    assert summary.transfer["bytes_fetched"] < len(pdf) * 1.5 + 20_000
+
+
+def test_move_post_action_and_uidvalidity_reset(
+    dovecot: Dovecot, imap_user: ImapUser, tmp_path: Path
+) -> None:
+    """move: takes done mails out of INBOX; after a UIDVALIDITY reset nothing is stored twice."""
+    _fill(dovecot, imap_user, SAMPLE[:6])
+    config = _imap_config(
+        tmp_path, dovecot, imap_user, extra_account='after_ingest = "move:Invoices.Done"\n'
+    )
+    first = _run(config)
+    assert first.exit_code == 0 and first.accounts[0].post_actions == 6
+    assert dovecot.messages(imap_user.name, "INBOX") == {}
+    assert len(dovecot.messages(imap_user.name, "Invoices.Done")) == 6
+    before = exported(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    # The same mails come back (a restore) and the folder's UIDVALIDITY changes.
+    _fill(dovecot, imap_user, SAMPLE[:6])
+    dovecot.reset_uidvalidity(imap_user.name, "INBOX")
+    second = _run(_imap_config(tmp_path, dovecot, imap_user, name="d.toml"))
+    [summary] = second.accounts
+    assert summary.invoices == 0 and summary.transfer["bodies_fetched"] == 0
+    assert exported(f"sqlite:///{tmp_path / 'db.sqlite'}") == before
+
+
+def test_wrong_password_is_fatal_for_its_account_only(
+    dovecot: Dovecot, imap_user: ImapUser, tmp_path: Path
+) -> None:
+    """Bad credentials: that account fails fatally, not retried; a local account still runs."""
+    config = _imap_config(
+        tmp_path,
+        dovecot,
+        imap_user._replace(password="wrong"),
+        extra_account=f'\n[[accounts]]\nname = "local"\nmaildir = "{EXAMPLES / "mailbox"}"\n',
+    )
+    started = time.monotonic()
+    result = _run(config)
+    assert time.monotonic() - started < 10
+    statuses = {a.account: a.status for a in result.accounts}
+    assert statuses == {"billing": "fatal", "local": "ok"} and result.exit_code == 3
+    assert result.accounts[0].transfer["failed"] == 1  # no retry of a refused login
+
+
+@pytest.mark.parametrize("mode", ["no_greeting", "stalls_at_login", "stalls_after_login"])
+def test_a_silent_server_costs_no_more_than_its_timeouts(
+    silent_imap: SilentImap, tmp_path: Path, mode: str
+) -> None:
+    """Whatever the stall, the account gives up after its operation timeouts; exit 1."""
+    host, port = getattr(silent_imap, mode)
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f"""
+[database]
+url = "sqlite:///{tmp_path / "db.sqlite"}"
+[storage]
+dir = "{tmp_path / "docs"}"
+[retries]
+time_scale = 0
+[timeouts]
+imap_connect = 0.5
+imap_login = 0.5
+imap_search = 0.5
+imap_fetch = 0.5
+[[accounts]]
+name = "silent"
+imap_host = "{host}"
+imap_port = {port}
+security = "none"
+allow_insecure = true
+username = "u"
+password = "p"
+""",
+        encoding="utf-8",
+    )
+    started = time.monotonic()
+    result = _run(config)
+    elapsed = time.monotonic() - started
+    [summary] = result.accounts
+    assert summary.status == "partial" and result.exit_code == 1
+    assert elapsed < 5 * 1.5 + 2  # at most 5 connection attempts of ~1 s each
