@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import select
 
 from invoicesync import load_settings, run
@@ -221,3 +222,129 @@ password = "p"
     [summary] = result.accounts
     assert summary.status == "partial" and result.exit_code == 1
     assert elapsed < 5 * 1.5 + 2  # at most 5 connection attempts of ~1 s each
+
+
+def test_failed_post_action_loses_nothing_and_is_retried(
+    dovecot: Dovecot, imap_user: ImapUser, tmp_path: Path
+) -> None:
+    """A post-action the server refuses keeps the invoices; the next run applies the action."""
+    _fill(dovecot, imap_user, SAMPLE[:4])
+    # Dovecot has no Gmail labels: the STORE X-GM-LABELS is refused.
+    refused = _run(
+        _imap_config(
+            tmp_path, dovecot, imap_user, extra_account='after_ingest = "label:invoices"\n'
+        )
+    )
+    [summary] = refused.accounts
+    assert summary.invoices == 4 and summary.post_actions == 0 and refused.exit_code == 3
+    assert not any("\\Flagged" in f for f in dovecot.flags(imap_user.name, "INBOX").values())
+    retried = _run(
+        _imap_config(
+            tmp_path, dovecot, imap_user, name="d.toml", extra_account='after_ingest = "flag"\n'
+        )
+    )
+    [again] = retried.accounts
+    assert retried.exit_code == 0 and again.post_actions == 4
+    assert again.transfer["bodies_fetched"] == 0  # the mails themselves were not fetched again
+    assert all("\\Flagged" in f for f in dovecot.flags(imap_user.name, "INBOX").values())
+
+
+def test_pool_reuses_checks_and_replaces_dropped_connections(
+    dovecot: Dovecot, imap_user: ImapUser
+) -> None:
+    """An idle connection is checked with NOOP; one the server dropped is discarded and replaced."""
+    import threading
+
+    from invoicesync.config import TimeoutSettings
+    from invoicesync.errors import NetworkError
+    from invoicesync.mail.imap_client import Credentials, ImapConnection, ImapEndpoint
+    from invoicesync.mail.imap_pool import NOOP_AFTER, ImapPool
+    from invoicesync.resilience.timeouts import Deadline
+
+    endpoint = ImapEndpoint(dovecot.host, dovecot.plain_port, "none")
+    credentials = Credentials(imap_user.name, password=SecretStr(imap_user.password))
+    now = [0.0]
+    pool = ImapPool(
+        lambda: ImapConnection.open(endpoint, credentials, TimeoutSettings(), Deadline(30)),
+        max_connections=2,
+        idle_timeout=300,
+        cancel=threading.Event(),
+        time_scale=0,
+        clock=lambda: now[0],
+    )
+    with pool.connection() as connection:
+        connection.select("INBOX")
+        first = connection
+    with pool.connection() as connection:
+        assert connection is first  # reused without a check: it was just used
+    first.last_used = 0.0
+    dovecot.kill_connections(imap_user.name)
+    now[0] = NOOP_AFTER + 1  # idle long enough to be checked
+    with pool.connection() as connection:
+        assert connection is not first
+        connection.select("INBOX")
+    assert (pool.stats.opened, pool.stats.reused, pool.stats.discarded) == (2, 1, 1)
+    # A connection that fails in use is discarded, not handed out again.
+    dovecot.kill_connections(imap_user.name)
+    with pytest.raises(NetworkError), pool.connection() as connection:
+        connection.select("INBOX")
+    assert pool.stats.discarded == 2
+    pool.close_all()
+
+
+def test_reconnects_back_off_and_give_up_after_five_attempts(tmp_path: Path) -> None:
+    """A refused connection is tried 5 times (2, 4, 8, 16 s apart, scaled to 0 here), then fails."""
+    import socket
+    import threading
+
+    from invoicesync.config import TimeoutSettings
+    from invoicesync.errors import NetworkError
+    from invoicesync.mail.imap_client import Credentials, ImapConnection, ImapEndpoint
+    from invoicesync.mail.imap_pool import ImapPool
+    from invoicesync.resilience.timeouts import Deadline
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    endpoint = ImapEndpoint("127.0.0.1", port, "none")
+    pool = ImapPool(
+        lambda: ImapConnection.open(
+            endpoint, Credentials("u", password=SecretStr("p")), TimeoutSettings(), Deadline(30)
+        ),
+        max_connections=1,
+        idle_timeout=300,
+        cancel=threading.Event(),
+        time_scale=0,
+    )
+    with pytest.raises(NetworkError), pool.connection():
+        pass
+    assert (pool.stats.failed, pool.stats.opened) == (5, 0)
+
+
+@pytest.mark.parametrize("fillers", [300, pytest.param(3000, marks=pytest.mark.slow)])
+def test_sample_among_fillers_once_with_post_action_and_a_free_second_run(
+    dovecot: Dovecot,
+    imap_user: ImapUser,
+    tmp_path: Path,
+    fillers: int,
+    reference: list[tuple[str, str]],
+) -> None:
+    """The sample among many plain mails: every invoice once, all flagged, rerun fetches nothing."""
+    from email.message import EmailMessage
+
+    for number in range(fillers):
+        filler = EmailMessage()
+        filler["From"], filler["To"] = f"news{number % 7}@list.example", "ap@buyer.example"
+        filler["Subject"], filler["Message-ID"] = f"Newsletter {number}", f"<{number}@list.example>"
+        filler.set_content(f"Hello, this is newsletter number {number}.\n")
+        dovecot.append(imap_user.name, "INBOX", filler.as_bytes())
+    _fill(dovecot, imap_user)
+    config = _imap_config(tmp_path, dovecot, imap_user, extra_account='after_ingest = "flag"\n')
+    first = _run(config)
+    assert first.exit_code == 0
+    assert exported(f"sqlite:///{tmp_path / 'db.sqlite'}") == reference
+    flags = dovecot.flags(imap_user.name, "INBOX")
+    assert sum("\\Flagged" in f for f in flags.values()) == fillers + 22  # 23rd: malformed mail
+    second = _run(config)
+    assert second.accounts[0].transfer["bodies_fetched"] == 0
+    assert second.accounts[0].transfer["bytes_fetched"] == 0
