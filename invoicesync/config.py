@@ -42,6 +42,7 @@ __all__ = [
     "ExtractorSettings",
     "ImapPoolSettings",
     "LeaseSettings",
+    "LinkSettings",
     "OAuth2Settings",
     "RetrySettings",
     "RunSettings",
@@ -104,6 +105,11 @@ class TimeoutSettings(_Section):
     imap_mark: float = Field(default=10, gt=0)
     oauth_token: float = Field(default=20, gt=0)
     """The OAuth2 token endpoint's answer."""
+    http_connect: float = Field(default=5, gt=0)
+    http_read: float = Field(default=15, gt=0)
+    """Longest silence while reading an HTTP answer."""
+    download: float = Field(default=60, gt=0)
+    """Total time for one link download, redirects and retries included."""
 
 
 class RetrySettings(_Section):
@@ -132,6 +138,21 @@ class BreakerSettings(_Section):
     """Consecutive transient failures that open the breaker."""
     cooldown: float = Field(default=300.0, ge=0)
     """Seconds the breaker stays open before one trial call."""
+
+
+class LinkSettings(_Section):
+    """``[links]``: invoices behind "download your invoice" links in the mail body."""
+
+    enabled: bool = True
+    max_per_message: int = Field(default=5, ge=0)
+    """Candidate links tried per mail, best ranked first."""
+    allow_hosts: list[str] = []
+    """Host names or CIDRs allowed although private (intranets, tests); public hosts need none."""
+    max_mb: float = Field(default=25, gt=0)
+    """A body larger than this is abandoned."""
+    retries: int = Field(default=2, ge=0)
+    """Extra attempts per link on transient failures (connection, 429, 5xx)."""
+    max_redirects: int = Field(default=5, ge=0)
 
 
 class RunSettings(_Section):
@@ -252,6 +273,7 @@ class Settings(BaseSettings):
     breaker: BreakerSettings = BreakerSettings()
     leases: LeaseSettings = LeaseSettings()
     run: RunSettings = RunSettings()
+    links: LinkSettings = LinkSettings()
     imap_pool: ImapPoolSettings = ImapPoolSettings()
     accounts: list[AccountSettings] = []
 
