@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from invoicesync.errors import FatalError, InvoiceSyncError, TransientError
+from invoicesync.errors import FatalError, TransientError
 from invoicesync.mail.imap_client import ImapConnection
 
 __all__ = ["NOOP_AFTER", "RECONNECT_DELAYS", "ImapPool", "PoolStats"]
@@ -72,10 +72,8 @@ class ImapPool:
                 self._in_use.add(connection)
             try:
                 yield connection
-            except InvoiceSyncError:
-                self._discard(connection)
-                raise
             except BaseException:
+                # Whatever failed, the session's state is unknown now: never hand it out again.
                 self._discard(connection)
                 raise
             else:

@@ -1,0 +1,322 @@
+"""One account's work within a run: ingest every folder, extract, apply post-actions.
+
+Each new message is ingested in its own transaction (message + documents +
+links + folder position commit together), then each pending document is
+extracted in its own transaction (invoice + document status). A failure is
+recorded on its item and the account goes on; only account-level fatal errors
+stop it. Between items every loop checks the stop switch and the deadlines, so
+a stop always falls between two commits.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import TYPE_CHECKING
+
+from sqlalchemy.orm import Session
+
+from invoicesync.config import AccountSettings
+from invoicesync.errors import (
+    AuthError,
+    BadInputError,
+    FatalError,
+    InvoiceSyncError,
+    RunAborted,
+    TransientError,
+)
+from invoicesync.mail.source import MailSource
+from invoicesync.models import MailRef, ParsedMail
+from invoicesync.pipeline import stages
+from invoicesync.pipeline.lease_keeper import LeaseKeeper
+from invoicesync.pipeline.sources import open_source
+from invoicesync.pipeline.summary import AccountSummary
+from invoicesync.resilience.breaker import CircuitOpenError
+from invoicesync.resilience.timeouts import Deadline
+from invoicesync.store import repository as repo
+from invoicesync.store import sync
+from invoicesync.store.repository import StoredDocument
+from invoicesync.store.schema import Document, Status
+
+if TYPE_CHECKING:
+    from invoicesync.pipeline.runner import Runner
+
+__all__ = ["AccountJob", "AccountStopped"]
+
+log = logging.getLogger(__name__)
+
+
+class AccountStopped(Exception):
+    """Internal: stop this account (deadline, lost lease); its remaining items stay pending."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class AccountJob:
+    """The work on one account, with the run's shared parts (database, files, breakers …)."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.settings = runner.settings
+        self.db = runner.db
+        self.switch = runner.switch
+        self.files = runner.files
+        self.extractors = runner.extractors
+        self.breakers = runner.breakers
+        self.source_factory = runner.source_factory
+        self.max_bytes = runner.max_bytes
+        self._deadline = runner.deadline
+        self._tx = runner.tx
+
+    def _check(self, account: Deadline, lease: LeaseKeeper) -> None:
+        """Between two items: stop if asked to, or if a deadline passed or the lease was lost."""
+        self.switch.raise_if_tripped()
+        if self._deadline.expired:
+            raise RunAborted(f"run deadline of {self.settings.timeouts.run:g}s reached")
+        if account.expired:
+            raise AccountStopped(
+                "deadline", f"account deadline of {self.settings.timeouts.account:g}s reached"
+            )
+        if lease.lost.is_set():
+            raise AccountStopped("partial", "lease lost to another run; the rest stays pending")
+
+    # -------------------------------------------------------------- account
+
+    def work(
+        self,
+        account: AccountSettings,
+        account_id: int,
+        summary: AccountSummary,
+        lease: LeaseKeeper,
+    ) -> None:
+        deadline = self._deadline.child(self.settings.timeouts.account)
+        try:
+            if self.source_factory is not None:
+                source = self.source_factory(account)
+            else:
+                source = open_source(
+                    account, self.settings, cancel=self.switch.event, deadline=deadline
+                )
+        except InvoiceSyncError as exc:  # e.g. bad credentials (fatal), server down (transient)
+            summary.status = "fatal" if isinstance(exc, FatalError) else "partial"
+            summary.error = str(exc)
+            log.error("account=%s stage=open error=%s", account.name, exc)
+            return
+        # The watchdog drops connections at once (abort); a normal end logs out (close).
+        closer = self.switch.register(getattr(source, "abort", source.close))
+        try:
+            for folder in source.folders():
+                self._ingest_folder(source, account_id, folder, summary, deadline, lease)
+            self._extract_pending(account_id, summary, deadline, lease)
+            self._post_actions(source, account_id, summary)
+        except AccountStopped as stop:
+            summary.status, summary.error = stop.status, stop.reason
+            log.warning("account=%s %s", account.name, stop.reason)
+        except InvoiceSyncError as exc:
+            self.switch.raise_if_tripped()  # a connection closed by the watchdog fails here
+            summary.status = "fatal" if isinstance(exc, FatalError) else "partial"
+            summary.error = str(exc)
+            if isinstance(exc, AuthError) and account.oauth2 is not None:
+                # A revoked grant: only a person can fix it. Say so until they do.
+                summary.status = "needs_reconnect"
+            log.error("account=%s error=%s", account.name, exc)
+        finally:
+            self.switch.unregister(closer)
+            source.close()
+            stats = getattr(source, "stats", None)
+            if stats is not None:
+                summary.transfer = stats()
+
+    def _ingest_folder(
+        self,
+        source: MailSource,
+        account_id: int,
+        folder: str,
+        summary: AccountSummary,
+        deadline: Deadline,
+        lease: LeaseKeeper,
+    ) -> None:
+        with self.db.session() as session:
+            known = repo.known_message_keys(session, account_id, folder)
+            position = sync.folder_position(session, account_id, folder)
+        seen_before: set[str] | None = None
+        for ref in source.scan(folder, position):
+            summary.seen += 1
+            if ref.key in known:
+                continue
+            self._check(deadline, lease)
+            known.add(ref.key)  # the same bytes twice in one folder are one message
+            if position is not None and ref.uidvalidity != position.uidvalidity:
+                # UIDVALIDITY changed: mails stored before are recognised by Message-ID.
+                if seen_before is None:
+                    with self.db.session() as session:
+                        seen_before = sync.done_message_ids(session, account_id, folder)
+                if ref.message_id and ref.message_id in seen_before:
+                    self._tx(partial(self._record_seen_before, account_id=account_id, ref=ref))
+                    continue
+            self._ingest_one(source, account_id, ref, summary)
+        current = source.position(folder)
+        if current is None or current.uidvalidity is None:
+            return  # local sources list every message on every scan
+        with self.db.session() as session:
+            retry = sync.workable_refs(session, account_id, folder, current.uidvalidity)
+        for ref in retry:
+            if ref.key in known:
+                continue
+            self._check(deadline, lease)
+            known.add(ref.key)
+            self._ingest_one(
+                source, account_id, ref.model_copy(update={"account": source.account}), summary
+            )
+
+    def _record_seen_before(self, session: Session, *, account_id: int, ref: MailRef) -> None:
+        note = ParsedMail(message_id=ref.message_id, skipped=["stored before a UIDVALIDITY change"])
+        repo.record_message(session, account_id, ref, note, [], status=Status.OK)
+        sync.advance_position(session, account_id, ref)
+
+    def _post_actions(self, source: MailSource, account_id: int, summary: AccountSummary) -> None:
+        """after_ingest for mails whose documents are all extracted and committed."""
+        with self.db.session() as session:
+            ready = sync.awaiting_post_action(session, account_id)
+        for (folder, uidvalidity), uids in ready.items():
+            current = source.position(folder)
+            if current is None or current.uidvalidity != uidvalidity:
+                continue  # those UIDs mean other mails now
+            try:
+                source.after_ingest(folder, uids)
+            except TransientError as exc:
+                summary.error = summary.error or f"post-action failed, retried next run: {exc}"
+                log.warning(
+                    "account=%s folder=%s post-action failed: %s", summary.account, folder, exc
+                )
+                continue
+            done = partial(
+                sync.post_action_done,
+                account=account_id,
+                folder=folder,
+                uidvalidity=uidvalidity,
+                uids=uids,
+            )
+            self._tx(done)
+            summary.post_actions += len(uids)
+
+    def _ingest_one(
+        self, source: MailSource, account_id: int, ref: MailRef, summary: AccountSummary
+    ) -> None:
+        try:
+            if source.endpoint is None:
+                parsed = stages.fetch_and_parse(source, ref)
+            else:
+                breaker = self.breakers.for_endpoint(source.endpoint)
+                parsed = breaker.call(lambda: stages.fetch_and_parse(source, ref))
+            documents = stages.store_documents(parsed, self.files, max_bytes=self.max_bytes)
+            self._tx(lambda s: self._record(s, account_id, ref, parsed, documents, source))
+        except CircuitOpenError:
+            summary.left_pending += 1  # not an attempt: the endpoint is down, try next run
+            return
+        except (BadInputError, TransientError) as exc:
+            self._message_failed(account_id, ref, exc, summary)
+            return
+        except InvoiceSyncError:
+            raise  # fatal for the whole account (auth, quota, config)
+        except Exception as exc:  # a bug must not lose the mail: keep it pending
+            log.exception("account=%s key=%s unexpected error", ref.account, ref.key[:12])
+            self._message_failed(account_id, ref, TransientError(repr(exc)), summary)
+            return
+        summary.new_messages += 1
+        summary.documents += len(documents)
+
+    def _record(
+        self,
+        session: Session,
+        account_id: int,
+        ref: MailRef,
+        parsed: ParsedMail,
+        documents: list[StoredDocument],
+        source: MailSource,
+    ) -> None:
+        wants_action = source.endpoint is not None and self._after_ingest(source.account)
+        repo.record_message(session, account_id, ref, parsed, documents, post_action=wants_action)
+        sync.advance_position(session, account_id, ref)
+
+    def _after_ingest(self, account: str) -> bool:
+        return any(a.name == account and a.after_ingest != "none" for a in self.settings.accounts)
+
+    def _message_failed(
+        self, account_id: int, ref: MailRef, exc: InvoiceSyncError, summary: AccountSummary
+    ) -> None:
+        self.switch.raise_if_tripped()  # failures caused by the stop itself are not recorded
+        wanted = Status.FAILED_TRANSIENT if isinstance(exc, TransientError) else Status.FAILED_FATAL
+        reason = f"{exc.kind}: {exc}"
+
+        def record(session: Session) -> str:
+            status = repo.record_message_failure(
+                session,
+                account_id,
+                ref,
+                status=wanted,
+                error=reason,
+                max_attempts=self.settings.retries.item_attempts,
+            )
+            sync.advance_position(session, account_id, ref)
+            return status
+
+        status = self._tx(record)
+        summary.failed += 1
+        summary.retry_later += status == Status.FAILED_TRANSIENT
+        log.warning("account=%s key=%s stage=ingest %s", ref.account, ref.key[:12], reason)
+
+    # -------------------------------------------------------------- extract
+
+    def _extract_pending(
+        self, account_id: int, summary: AccountSummary, deadline: Deadline, lease: LeaseKeeper
+    ) -> None:
+        with self.db.session() as session:
+            pending = repo.workable_documents(session, account_id)
+        for document in pending:
+            self._check(deadline, lease)
+            self._extract_one(document, summary)
+
+    def _extract_one(self, document: Document, summary: AccountSummary) -> None:
+        try:
+            data = self.files.get(document.path)
+            invoice = stages.extract_document(
+                self.extractors.for_kind(document.kind), data, document.filename
+            )
+        except CircuitOpenError:
+            summary.left_pending += 1
+            return
+        except (BadInputError, TransientError, OSError) as exc:
+            self.switch.raise_if_tripped()
+            self._document_failed(document, exc, summary)
+            return
+        if invoice is None:
+            self._tx(
+                lambda s: repo.record_document_outcome(s, document.id, status=Status.NO_INVOICE)
+            )
+            return
+        outcome = self._tx(lambda s: stages.store_invoice(s, document, invoice))
+        if outcome == repo.InvoiceOutcome.NEW:
+            summary.invoices += 1
+            summary.needs_review += invoice.needs_review
+        elif outcome == repo.InvoiceOutcome.DUPLICATE:
+            summary.duplicates += 1
+
+    def _document_failed(self, document: Document, exc: Exception, summary: AccountSummary) -> None:
+        wanted = Status.FAILED_FATAL if isinstance(exc, BadInputError) else Status.FAILED_TRANSIENT
+        kind = exc.kind if isinstance(exc, InvoiceSyncError) else "io"
+        reason = f"{kind}: {exc}"
+        status = self._tx(
+            lambda s: repo.record_document_outcome(
+                s,
+                document.id,
+                status=wanted,
+                error=reason,
+                max_attempts=self.settings.retries.item_attempts,
+            )
+        )
+        summary.failed += 1
+        summary.retry_later += status == Status.FAILED_TRANSIENT
+        log.warning("document=%s stage=extract %s", document.sha256[:12], reason)

@@ -1,0 +1,45 @@
+"""What a run reports: one summary per account, and the run's result and exit code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["AccountSummary", "RunResult"]
+
+
+@dataclass
+class AccountSummary:
+    account: str
+    status: str = "ok"  # ok | partial | fatal | needs_reconnect | deadline | skipped
+    seen: int = 0
+    new_messages: int = 0
+    documents: int = 0
+    invoices: int = 0
+    duplicates: int = 0  # invoices already stored from another document (linked, not live)
+    needs_review: int = 0
+    failed: int = 0  # items that failed this run (bad input included)
+    retry_later: int = 0  # of those, transient: still pending for the next run
+    left_pending: int = 0  # not tried: an endpoint's circuit breaker was open
+    post_actions: int = 0  # mails flagged / moved / labelled after their work was committed
+    transfer: dict[str, int] = field(default_factory=dict)  # IMAP pool and fetch counters
+    error: str | None = None
+
+
+@dataclass
+class RunResult:
+    run_id: int
+    status: str
+    accounts: list[AccountSummary] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """0 all done, 1 some items stay pending, 3 fatal, 4 aborted by a deadline."""
+        statuses = {a.status for a in self.accounts}
+        if self.status == "aborted" or "deadline" in statuses:
+            return 4
+        if statuses & {"fatal", "needs_reconnect"}:
+            return 3
+        if "partial" in statuses:
+            return 1
+        return 0
