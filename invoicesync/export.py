@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from invoicesync.store.db import Database
-from invoicesync.store.repository import invoice_links, invoice_rows
+from invoicesync.store.queries import invoice_links, invoice_rows
 
 __all__ = ["CSV_COLUMNS", "export_invoices", "invoice_records"]
 

@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from invoicesync.pipeline.runner import RunResult
-from invoicesync.store import repository as repo
+from invoicesync.store import queries as repo
 from invoicesync.store.db import Database
 
 __all__ = ["print_status", "print_summary"]

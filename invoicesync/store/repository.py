@@ -13,10 +13,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from invoicesync.models import DocumentType, Invoice, MailRef, ParsedMail
+from invoicesync.models import Invoice, MailRef, ParsedMail
 from invoicesync.store.db import dialect_insert
 from invoicesync.store.schema import (
     Account,
@@ -30,19 +30,11 @@ from invoicesync.store.schema import (
 
 __all__ = [
     "InvoiceOutcome",
-    "OpenItem",
     "StoredDocument",
     "account_id",
-    "account_overview",
-    "accounts_needing_reconnect",
-    "count_by_status",
     "finish_run",
-    "invoice_links",
-    "invoice_rows",
     "known_message_keys",
     "mark_crashed_runs",
-    "open_items",
-    "recent_runs",
     "record_document_outcome",
     "record_invoice",
     "record_message",
@@ -431,107 +423,3 @@ def finish_run(
         .where(Run.id == run)
         .values(status=status, counts=counts, error=error, finished_at=_now())
     )
-
-
-def invoice_rows(*, include_duplicates: bool = False) -> Select[InvoiceRow, Document]:
-    """Every live invoice (and, if asked, every duplicate copy) with its document, oldest first."""
-    query = (
-        select(InvoiceRow, Document)
-        .join(Document, Document.id == InvoiceRow.document_id)
-        .where(InvoiceRow.document_type != DocumentType.OTHER.value)
-        .order_by(InvoiceRow.id)
-    )
-    if not include_duplicates:
-        query = query.where(InvoiceRow.duplicate_of.is_(None))
-    return query
-
-
-def invoice_links(session: Session) -> tuple[dict[int, list[int]], dict[int, list[Document]]]:
-    """For each live invoice: the ids of its duplicates, and its rendering documents."""
-    duplicates: dict[int, list[int]] = {}
-    for copy, live in session.execute(
-        select(InvoiceRow.id, InvoiceRow.duplicate_of)
-        .where(InvoiceRow.duplicate_of.is_not(None))
-        .order_by(InvoiceRow.id)
-    ):
-        if live is not None:
-            duplicates.setdefault(live, []).append(copy)
-    renderings: dict[int, list[Document]] = {}
-    for document in session.scalars(
-        select(Document).where(Document.rendering_of.is_not(None)).order_by(Document.id)
-    ):
-        assert document.rendering_of is not None
-        renderings.setdefault(document.rendering_of, []).append(document)
-    return duplicates, renderings
-
-
-def count_by_status(session: Session, model: type[Message] | type[Document]) -> dict[str, int]:
-    rows = session.execute(select(model.status, func.count()).group_by(model.status))
-    return {status: count for status, count in rows}
-
-
-@dataclass(frozen=True, slots=True)
-class OpenItem:
-    """A message or document that is pending or failed, for ``status``."""
-
-    kind: str  # message | document
-    id: int
-    account: str | None
-    label: str
-    status: str
-    attempts: int
-    error: str | None
-
-
-def open_items(session: Session, limit: int = 50) -> list[OpenItem]:
-    """Items not done, failures first."""
-    messages = session.execute(
-        select(Message, Account.name)
-        .join(Account, Account.id == Message.account_id)
-        .where(Message.status.not_in(Status.DONE))
-        .order_by(Message.id)
-        .limit(limit)
-    )
-    documents = session.scalars(
-        select(Document)
-        .where(Document.status.not_in(Status.DONE))
-        .order_by(Document.id)
-        .limit(limit)
-    )
-    items = [
-        OpenItem("message", m.id, name, m.subject or m.key[:16], m.status, m.attempts, m.last_error)
-        for m, name in messages
-    ] + [
-        OpenItem(
-            "document", d.id, None, d.filename or d.sha256[:16], d.status, d.attempts, d.last_error
-        )
-        for d in documents
-    ]
-    return sorted(items, key=lambda item: item.status == Status.PENDING)
-
-
-def account_overview(session: Session) -> list[tuple[str, dict[str, int]]]:
-    """Each account with its message counts by status."""
-    rows = session.execute(
-        select(Account.name, Message.status, func.count(Message.id))
-        .join(Message, Message.account_id == Account.id, isouter=True)
-        .group_by(Account.name, Message.status)
-        .order_by(Account.name)
-    )
-    overview: dict[str, dict[str, int]] = {}
-    for name, status, count in rows:
-        counts = overview.setdefault(name, {})
-        if status is not None:
-            counts[status] = count
-    return list(overview.items())
-
-
-def accounts_needing_reconnect(session: Session) -> list[tuple[str, str]]:
-    rows = session.execute(
-        select(Account.name, Account.needs_reconnect).where(Account.needs_reconnect.is_not(None))
-    )
-    return [(name, reason or "") for name, reason in rows]
-
-
-def recent_runs(session: Session, limit: int = 5) -> list[Run]:
-    return list(session.scalars(select(Run).order_by(Run.id.desc()).limit(limit)))

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from invoicesync import load_settings, run
-from invoicesync.store import repository as repo
+from invoicesync.store import queries as repo
 from invoicesync.store.db import Database
 from tests.conftest import EXAMPLES
 from tests.dovecot import Dovecot, ImapUser, TokenServer
