@@ -148,3 +148,21 @@ def test_expired_access_token_is_refreshed_once_on_login_failure(
         server._token_response = original  # type: ignore[method-assign]
     assert result.exit_code == 0 and result.accounts[0].status == "ok"
     assert calls["n"] == 2
+
+
+def test_slow_token_endpoint_times_out_and_is_retried(
+    dovecot: Dovecot, clean_token_server: TokenServer, tmp_path: Path
+) -> None:
+    """A token endpoint slower than timeouts.oauth_token costs one timeout, then the retry works."""
+    server = clean_token_server
+    user = dovecot.new_user("slowtoken")
+    _mailbox(dovecot, user, 2)
+    pair = server.issue(user.name)
+    server.slow_seconds = 3.0
+    server.fail_next("slow")
+    config = _config(tmp_path, dovecot, server, [(user.name, pair.refresh_token)])
+    started = time.monotonic()
+    result = run(load_settings(config))
+    elapsed = time.monotonic() - started
+    assert result.exit_code == 0 and result.accounts[0].status == "ok"
+    assert 1.0 <= elapsed < 3.0  # one 1 s timeout paid; the 3 s answer was not waited for
