@@ -65,6 +65,7 @@ class Attachment(_Model):
     kind: str = "pdf"  # pdf | xml
     data: bytes = Field(repr=False)
     nested: bool = False  # found inside an attached message/rfc822
+    source_url: str | None = None  # downloaded from this (redacted) link in the body
 
 
 class ParsedMail(_Model):

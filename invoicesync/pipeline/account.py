@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from functools import partial
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from sqlalchemy.orm import Session
 
@@ -25,6 +26,9 @@ from invoicesync.errors import (
     RunAborted,
     TransientError,
 )
+from invoicesync.fetch.download import LinkResult, download_pdf, link_retry_policy
+from invoicesync.fetch.http import Session as HttpSession
+from invoicesync.fetch.http import make_session
 from invoicesync.mail.source import MailSource
 from invoicesync.models import MailRef, ParsedMail
 from invoicesync.pipeline import stages
@@ -69,6 +73,27 @@ class AccountJob:
         self.max_bytes = runner.max_bytes
         self._deadline = runner.deadline
         self._tx = runner.tx
+        self._account_deadline = runner.deadline
+        self._session: HttpSession | None = None
+
+    def _download(self, url: str) -> LinkResult:
+        """One link through the hardened downloader, under its host's circuit breaker."""
+        links = self.settings.links
+        if self._session is None:
+            self._session = make_session(links, self.settings.timeouts)
+        session = self._session
+        retry = link_retry_policy(self.settings.retries, links, cancel=self.switch.event)
+        host = urlsplit(url).hostname or "?"
+        return self.breakers.for_endpoint(f"http://{host}").call(
+            lambda: download_pdf(
+                url,
+                session=session,
+                settings=links,
+                timeouts=self.settings.timeouts,
+                retry=retry,
+                deadline=self._account_deadline,
+            )
+        )
 
     def _check(self, account: Deadline, lease: LeaseKeeper) -> None:
         """Between two items: stop if asked to, or if a deadline passed or the lease was lost."""
@@ -92,6 +117,7 @@ class AccountJob:
         lease: LeaseKeeper,
     ) -> None:
         deadline = self._deadline.child(self.settings.timeouts.account)
+        self._account_deadline = deadline
         try:
             if self.source_factory is not None:
                 source = self.source_factory(account)
@@ -125,6 +151,8 @@ class AccountJob:
         finally:
             self.switch.unregister(closer)
             source.close()
+            if self._session is not None:
+                self._session.close()
             stats = getattr(source, "stats", None)
             if stats is not None:
                 summary.transfer = stats()
@@ -211,6 +239,10 @@ class AccountJob:
             else:
                 breaker = self.breakers.for_endpoint(source.endpoint)
                 parsed = breaker.call(lambda: stages.fetch_and_parse(source, ref))
+            if self.settings.links.enabled:
+                stages.follow_links(
+                    parsed, self._download, limit=self.settings.links.max_per_message
+                )
             documents = stages.store_documents(parsed, self.files, max_bytes=self.max_bytes)
             self._tx(lambda s: self._record(s, account_id, ref, parsed, documents, source))
         except CircuitOpenError:

@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from urllib.parse import urlsplit
 
 from sqlalchemy.orm import Session
 
 from invoicesync.extract.base import Extractor
+from invoicesync.fetch.download import LinkResult
+from invoicesync.fetch.links import rank_links
 from invoicesync.mail.mime import parse_mail
 from invoicesync.mail.source import MailSource
-from invoicesync.models import DocumentType, Invoice, MailRef, ParsedMail
+from invoicesync.models import Attachment, DocumentType, Invoice, MailRef, ParsedMail
 from invoicesync.pipeline.dedupe import business_key, is_rendering_of
 from invoicesync.store import repository as repo
 from invoicesync.store.files import DocumentFiles
 from invoicesync.store.repository import StoredDocument
 from invoicesync.store.schema import Document
 
-__all__ = ["RENDERING", "extract_document", "fetch_and_parse", "store_documents", "store_invoice"]
+__all__ = [
+    "RENDERING",
+    "extract_document",
+    "fetch_and_parse",
+    "follow_links",
+    "store_documents",
+    "store_invoice",
+]
 
 #: Outcome of ``store_invoice`` for a PDF that renders an invoice read from XML.
 RENDERING = "rendering"
@@ -49,10 +60,37 @@ def store_documents(
                 size=len(attachment.data),
                 path=path,
                 filename=attachment.filename,
-                origin="nested" if attachment.nested else "attachment",
+                origin="link"
+                if attachment.source_url
+                else ("nested" if attachment.nested else "attachment"),
             )
         )
     return stored
+
+
+def follow_links(parsed: ParsedMail, download: Callable[[str], LinkResult], *, limit: int) -> None:
+    """Links stage: a mail without any attached document gets its best links downloaded.
+
+    Each link tried is noted on the mail with its outcome (URL redacted); a PDF
+    becomes an attachment like any other. A transient failure propagates, so the
+    mail stays pending and the next run tries again.
+    """
+    if limit <= 0 or not parsed.links or parsed.attachments:
+        return
+    for url in rank_links(parsed.links, limit=limit):
+        result = download(url)
+        parsed.skipped.append(f"link {result.url}: {result.outcome} ({result.reason})")
+        if result.outcome == "ok" and result.data is not None:
+            name = urlsplit(result.url).path.rsplit("/", 1)[-1] or None
+            parsed.attachments.append(
+                Attachment(
+                    filename=name,
+                    content_type="application/pdf",
+                    kind="pdf",
+                    data=result.data,
+                    source_url=result.url,
+                )
+            )
 
 
 def extract_document(extractor: Extractor, data: bytes, filename: str | None) -> Invoice | None:

@@ -6,6 +6,7 @@ import re
 
 from invoicesync import errors
 from invoicesync.extract import openai as openai_errors
+from invoicesync.fetch import guard
 from invoicesync.resilience import breaker
 from tests.conftest import ROOT
 
@@ -25,7 +26,11 @@ def test_every_class_in_the_table_exists_and_matches_its_kind() -> None:
     for _stage, _failure, classes, kind, _action, _why in rows:
         for name in re.findall(r"`(\w+)`", classes):
             cls = next(
-                (getattr(m, name) for m in (errors, openai_errors, breaker) if hasattr(m, name)),
+                (
+                    getattr(m, name)
+                    for m in (errors, openai_errors, breaker, guard)
+                    if hasattr(m, name)
+                ),
                 None,
             )
             assert cls is not None, f"README names unknown class {name}"
