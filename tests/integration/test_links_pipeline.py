@@ -155,3 +155,15 @@ def test_server_errors_keep_the_mail_pending_for_the_next_run(site: Site, tmp_pa
     site.answer = (200, "application/pdf", PDF)
     second = run(load_settings(config))
     assert second.exit_code == 0 and second.accounts[0].invoices == 1
+
+
+def test_breaker_opens_for_a_failing_download_host(site: Site, tmp_path: Path) -> None:
+    """After 3 mails fail on one host its breaker opens: the rest stay pending, not failed."""
+    site.answer = (500, "text/plain", b"down")
+    config = _config(tmp_path, _mails(tmp_path / "mb", f"{site.url}/inv.pdf", 5), allow=True)
+    result = run(load_settings(config))
+    [summary] = result.accounts
+    assert (summary.retry_later, summary.left_pending) == (3, 2)
+    assert "circuit open for http://127.0.0.1" in (summary.error or "")
+    assert len(site.requests) == 3 * 2  # 3 mails x (1 + 1 retry); none for the last two
+    assert result.exit_code == 1
