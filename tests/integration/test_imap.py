@@ -348,3 +348,58 @@ def test_sample_among_fillers_once_with_post_action_and_a_free_second_run(
     second = _run(config)
     assert second.accounts[0].transfer["bodies_fetched"] == 0
     assert second.accounts[0].transfer["bytes_fetched"] == 0
+
+
+def test_run_with_a_silent_imap_peer_exits_4_within_the_run_timeout(
+    silent_imap: SilentImap, tmp_path: Path
+) -> None:
+    """`invoicesync run` (timeouts.run = 5) beside a silent IMAP server: exit 4 in time, run
+    marked aborted, and the local account's invoices stored consistently."""
+    import subprocess
+    import sys
+
+    host, port = silent_imap.no_greeting
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f"""
+[database]
+url = "sqlite:///{tmp_path / "db.sqlite"}"
+[storage]
+dir = "{tmp_path / "docs"}"
+[timeouts]
+run = 5
+[[accounts]]
+name = "sample"
+maildir = "{EXAMPLES / "mailbox"}"
+[[accounts]]
+name = "silent"
+imap_host = "{host}"
+imap_port = {port}
+security = "none"
+allow_insecure = true
+username = "u"
+password = "p"
+""",
+        encoding="utf-8",
+    )
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "invoicesync", "--config", str(config), "run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode == 4, result.stderr
+    assert elapsed < 5 + 30  # timeouts.run + the default grace; in practice ~run + 1 s
+    assert "run aborted: run exceeded timeouts.run = 5s" in result.stderr
+    database = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    with database.session() as session:
+        from invoicesync.store.schema import Run
+
+        run_row = session.scalars(select(Run)).one()
+    database.dispose()
+    assert run_row.status == "aborted"
+    assert len(exported(f"sqlite:///{tmp_path / 'db.sqlite'}")) == 14  # 13 live + 1 duplicate
