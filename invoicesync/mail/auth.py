@@ -28,15 +28,15 @@ from typing import Any, Protocol
 from pydantic import SecretStr
 
 from invoicesync.config import OAuth2Settings
-from invoicesync.errors import AuthError, ServerError
+from invoicesync.errors import ServerError
 from invoicesync.mail.errors import classify_oauth_error
 from invoicesync.resilience.retry import RetryPolicy
 from invoicesync.resilience.retry_after import retry_after_from_headers
+from invoicesync.resilience.timeouts import Deadline
 
 __all__ = ["REFRESH_AHEAD", "FormPoster", "TokenProvider", "TokenStore"]
 
 REFRESH_AHEAD = 300.0  # seconds before expiry
-_PERMANENT = {"interaction_required", "consent_required", "login_required"}
 
 
 class _Answer(Protocol):
@@ -91,6 +91,7 @@ class TokenProvider:
         store: TokenStore,
         retry: RetryPolicy,
         timeout: float,
+        deadline: Deadline,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         assert settings.refresh_token is not None  # load_settings guarantees it
@@ -100,6 +101,7 @@ class TokenProvider:
         self._store = store
         self._retry = retry
         self._timeout = timeout
+        self._deadline = deadline
         self._clock = clock
         self._lock = threading.Lock()
         self._refresh_token = store.load(account) or settings.refresh_token
@@ -110,7 +112,7 @@ class TokenProvider:
     def __call__(self, force: bool = False) -> str:
         with self._lock:
             if force or self._access is None or self._clock() >= self._expires_at - REFRESH_AHEAD:
-                self._retry.call(self._refresh)
+                self._retry.call(self._refresh, deadline=self._deadline)
             assert self._access is not None
             return self._access.get_secret_value()
 
@@ -124,16 +126,12 @@ class TokenProvider:
             form["client_secret"] = self.settings.client_secret.get_secret_value()
         if self.settings.scope:
             form["scope"] = self.settings.scope
-        answer = self._post(self.settings.token_url, form, timeout=self._timeout)
+        timeout = max(0.001, self._deadline.timeout(self._timeout))
+        answer = self._post(self.settings.token_url, form, timeout=timeout)
         self.refreshes += 1
         body = _json(answer.body)
         if answer.status != 200:
             error = str(body.get("error") or "") if body else None
-            if error in _PERMANENT:
-                raise AuthError(
-                    f"oauth token endpoint answered {error}: reconnect account {self.account}",
-                    stage="auth",
-                )
             raise classify_oauth_error(
                 answer.status,
                 error,

@@ -22,7 +22,7 @@ from imapclient.imapclient import SocketTimeout
 from pydantic import SecretStr
 
 from invoicesync.config import TimeoutSettings
-from invoicesync.errors import AuthError
+from invoicesync.errors import AuthError, ProtocolError
 from invoicesync.mail.errors import translate_imap_errors
 from invoicesync.resilience.timeouts import Deadline
 
@@ -192,10 +192,14 @@ class ImapConnection:
         if self.capable("MOVE"):
             self._op("move", self.timeouts.imap_mark, lambda: self.client.move(uids, folder))
             return
+        if not self.capable("UIDPLUS"):
+            # Without UID EXPUNGE only a folder-wide EXPUNGE could remove the originals.
+            raise ProtocolError(
+                f"{self.endpoint} has neither MOVE nor UIDPLUS: use after_ingest = flag or seen"
+            )
         self._op("copy", self.timeouts.imap_mark, lambda: self.client.copy(uids, folder))
         self.add_flags(uids, [b"\\Deleted"])
-        if self.capable("UIDPLUS"):
-            self._op("expunge", self.timeouts.imap_mark, lambda: self.client.uid_expunge(uids))
+        self._op("expunge", self.timeouts.imap_mark, lambda: self.client.uid_expunge(uids))
 
     def close(self) -> None:
         """Drop the connection at once (also from another thread: wakes a blocked read)."""

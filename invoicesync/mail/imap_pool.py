@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from invoicesync.errors import FatalError, TransientError
+from invoicesync.errors import FatalError, InvoiceSyncError, TransientError
 from invoicesync.mail.imap_client import ImapConnection
 
 __all__ = ["NOOP_AFTER", "RECONNECT_DELAYS", "ImapPool", "PoolStats"]
@@ -96,9 +96,11 @@ class ImapPool:
             if idle > NOOP_AFTER:
                 try:
                     connection.noop()
-                except TransientError:
+                except InvoiceSyncError as exc:
                     self._discard(connection)
-                    continue
+                    if isinstance(exc, TransientError):
+                        continue
+                    raise
             self.stats.reused += 1
             return connection
 

@@ -55,6 +55,7 @@ class ImapSource:
         self.max_document_bytes = max_document_bytes
         self.positions: dict[str, FolderPosition] = {}
         self._plans: dict[tuple[str, int], FetchPlan] = {}
+        self._unreadable: dict[tuple[str, int], BadInputError] = {}
         self.bytes_fetched = 0
         self.bodies_fetched = 0
 
@@ -111,14 +112,9 @@ class ImapSource:
             if data is None:  # expunged meanwhile
                 continue
             try:
-                plan = plan_fetch(
-                    data[b"BODYSTRUCTURE"], max_document_bytes=self.max_document_bytes
-                )
-            except BadInputError as exc:
-                plan = None
-                log.warning("account=%s uid=%d: %s", self.account, uid, exc)
-            if plan is not None:
-                self._plans[(folder, uid)] = plan
+                self._plans[(folder, uid)] = self._plan(data[b"BODYSTRUCTURE"])
+            except BadInputError as exc:  # fetch() reports it on the item, with no new round trip
+                self._unreadable[(folder, uid)] = exc
             header = data.get(b"BODY[HEADER.FIELDS (MESSAGE-ID)]", b"") or b""
             yield MailRef(
                 account=self.account,
@@ -147,14 +143,15 @@ class ImapSource:
         assert ref.uid is not None
         with self.pool.connection() as connection:
             self._ensure_selected(connection, ref.folder)
+            unreadable = self._unreadable.pop((ref.folder, ref.uid), None)
+            if unreadable is not None:
+                raise unreadable
             plan = self._plans.pop((ref.folder, ref.uid), None)
             if plan is None:
                 answer = connection.fetch([ref.uid], ["BODYSTRUCTURE"]).get(ref.uid)
                 if answer is None:
                     raise BadInputError(f"message {ref.key} is gone from {ref.folder}")
-                plan = plan_fetch(
-                    answer[b"BODYSTRUCTURE"], max_document_bytes=self.max_document_bytes
-                )
+                plan = self._plan(answer[b"BODYSTRUCTURE"])
             sections = self._sniffed(connection, ref.uid, plan.sections)
             items = ["BODY.PEEK[HEADER]"]
             for number in plan.nested:

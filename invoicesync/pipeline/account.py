@@ -23,12 +23,13 @@ from invoicesync.errors import (
     BadInputError,
     FatalError,
     InvoiceSyncError,
+    ProtocolError,
     RunAborted,
     TransientError,
 )
 from invoicesync.fetch.download import LinkResult, download_pdf, link_retry_policy
 from invoicesync.fetch.http import Session as HttpSession
-from invoicesync.fetch.http import make_session
+from invoicesync.fetch.http import make_session, redact_url
 from invoicesync.mail.source import MailSource
 from invoicesync.models import MailRef, ParsedMail
 from invoicesync.pipeline import stages
@@ -73,7 +74,11 @@ class AccountJob:
         self.max_bytes = runner.max_bytes
         self._deadline = runner.deadline
         self._tx = runner.tx
-        self._account_deadline = runner.deadline
+        self._account_deadline = runner.deadline  # replaced by the account's own in work()
+        self._wants_post_action = False
+        self._link_retry = link_retry_policy(
+            runner.settings.retries, runner.settings.links, cancel=runner.switch.event
+        )
         self._session: HttpSession | None = None
 
     def _download(self, url: str) -> LinkResult:
@@ -82,7 +87,7 @@ class AccountJob:
         if self._session is None:
             self._session = make_session(links, self.settings.timeouts)
         session = self._session
-        retry = link_retry_policy(self.settings.retries, links, cancel=self.switch.event)
+        retry = self._link_retry
         host = urlsplit(url).hostname or "?"
         return self.breakers.for_endpoint(f"http://{host}").call(
             lambda: download_pdf(
@@ -118,6 +123,7 @@ class AccountJob:
     ) -> None:
         deadline = self._deadline.child(self.settings.timeouts.account)
         self._account_deadline = deadline
+        self._wants_post_action = account.imap_host is not None and account.after_ingest != "none"
         try:
             if self.source_factory is not None:
                 source = self.source_factory(account)
@@ -214,7 +220,9 @@ class AccountJob:
                 continue  # those UIDs mean other mails now
             try:
                 source.after_ingest(folder, uids)
-            except TransientError as exc:
+            except (TransientError, BadInputError, ProtocolError) as exc:
+                # The invoices are stored: a refused flag or move only waits for a later run.
+                summary.status = "partial" if summary.status == "ok" else summary.status
                 summary.error = summary.error or f"post-action failed, retried next run: {exc}"
                 log.warning(
                     "account=%s folder=%s post-action failed: %s", summary.account, folder, exc
@@ -243,6 +251,8 @@ class AccountJob:
                 stages.follow_links(
                     parsed, self._download, limit=self.settings.links.max_per_message
                 )
+            # Links may carry access tokens: only their redacted form is ever stored.
+            parsed.links = [redact_url(link) for link in parsed.links]
             documents = stages.store_documents(parsed, self.files, max_bytes=self.max_bytes)
             self._tx(lambda s: self._record(s, account_id, ref, parsed, documents, source))
         except CircuitOpenError:
@@ -269,12 +279,9 @@ class AccountJob:
         documents: list[StoredDocument],
         source: MailSource,
     ) -> None:
-        wants_action = source.endpoint is not None and self._after_ingest(source.account)
+        wants_action = self._wants_post_action
         repo.record_message(session, account_id, ref, parsed, documents, post_action=wants_action)
         sync.advance_position(session, account_id, ref)
-
-    def _after_ingest(self, account: str) -> bool:
-        return any(a.name == account and a.after_ingest != "none" for a in self.settings.accounts)
 
     def _message_failed(
         self, account_id: int, ref: MailRef, exc: InvoiceSyncError, summary: AccountSummary

@@ -19,9 +19,7 @@ from typing import TypeVar
 from sqlalchemy.orm import Session
 
 from invoicesync.config import AccountSettings, Settings
-from invoicesync.errors import (
-    RunAborted,
-)
+from invoicesync.errors import RunAborted, TransientError
 from invoicesync.extract.select import ExtractorSelection
 from invoicesync.mail.source import MailSource
 from invoicesync.pipeline.account import AccountJob
@@ -57,7 +55,6 @@ class Runner:
         self.files = DocumentFiles(settings.storage.dir)
         self.extractors = ExtractorSelection(settings.extractor)
         self.source_factory = source_factory
-        self._account_deadline: Deadline | None = None
         self.breakers = Breakers(settings.breaker)
         self.max_bytes = int(settings.storage.max_document_mb * 1024 * 1024)
         self.run_id: int | None = None
@@ -87,6 +84,9 @@ class Runner:
             result.status = {0: "ok", 1: "partial", 3: "fatal", 4: "aborted"}[result.exit_code]
         except RunAborted as stop:
             result.status, result.error = stop.status, stop.reason
+            raise
+        except BaseException as exc:  # a bug: the run row must not stay "running"
+            result.status, result.error = "crashed", f"{type(exc).__name__}: {exc}"
             raise
         finally:
             counts = {"accounts": [asdict(a) for a in result.accounts]}
@@ -127,7 +127,12 @@ class Runner:
             leases.owner_id(self.run_id),
             self.settings.leases.ttl,
         )
-        if not lease.acquire():
+        try:
+            acquired = lease.acquire()
+        except TransientError as exc:  # the database is busy or away: try next run
+            summary.status, summary.error = "partial", f"could not claim the account: {exc}"
+            return
+        if not acquired:
             summary.status = "skipped"
             summary.error = f"skipped: another run is working this account ({lease.holder})"
             log.info("account=%s %s", account.name, summary.error)

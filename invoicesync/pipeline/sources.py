@@ -40,6 +40,7 @@ def open_source(
             store=TokenStore(settings.storage.tokens_dir),
             retry=RetryPolicy(settings.retries, stage="oauth", cancel=cancel),
             timeout=settings.timeouts.oauth_token,
+            deadline=deadline,
         )
         credentials = Credentials(username=account.username, token=tokens)
     else:

@@ -26,7 +26,7 @@ from invoicesync.config import RetrySettings
 from invoicesync.errors import RateLimitedError, TransientError
 from invoicesync.resilience.timeouts import Deadline
 
-__all__ = ["RetryPolicy", "retry_call"]
+__all__ = ["RetryPolicy"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -98,10 +98,3 @@ def _describe(error: BaseException | None) -> str:
         return "-"
     kind = getattr(error, "kind", type(error).__name__)
     return f"{kind}:{error}"
-
-
-def retry_call(
-    fn: Callable[[], T], settings: RetrySettings, *, stage: str, deadline: Deadline | None = None
-) -> T:
-    """Shorthand for ``RetryPolicy(settings, stage=stage).call(fn, deadline=deadline)``."""
-    return RetryPolicy(settings, stage=stage).call(fn, deadline=deadline)

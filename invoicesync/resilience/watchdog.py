@@ -43,17 +43,21 @@ class StopSwitch:
         self._closers: dict[int, Callable[[], None]] = {}
         self._next = 0
 
-    def trip(self, stop: RunAborted) -> bool:
-        """Ask the run to stop; the first reason wins. Returns False if already tripped."""
+    def trip(self, stop: RunAborted, *, close: bool = True) -> bool:
+        """Ask the run to stop; the first reason wins. Returns False if already tripped.
+
+        ``close`` also drops the open connections (the watchdog's hard stop); a
+        signal passes False so that the current item can finish and commit.
+        """
         with self._lock:
             if self._stop is not None:
                 return False
             self._stop = stop
-            closers = list(self._closers.values())
+            closers = list(self._closers.values()) if close else []
         self.event.set()
-        for close in closers:
+        for closer in closers:
             try:
-                close()
+                closer()
             except Exception:  # closing is best effort: the connection may be half-dead
                 log.debug("closer failed during stop", exc_info=True)
         return True
@@ -85,9 +89,8 @@ class StopSwitch:
         def handle(signum: int, _frame: FrameType | None) -> None:
             code = 128 + signum  # 143 for SIGTERM, 130 for SIGINT
             name = signal.Signals(signum).name
-            if not self.trip(
-                RunAborted(f"stopped by {name}", exit_code=code, status="interrupted")
-            ):
+            stop = RunAborted(f"stopped by {name}", exit_code=code, status="interrupted")
+            if not self.trip(stop, close=False):
                 log.warning("second %s: exiting now", name)
                 exit(code)
 

@@ -91,7 +91,10 @@ class Database:
                 connect_args={"timeout": 30} if self.is_sqlite else {"connect_timeout": 10},
             )
         except (ArgumentError, ImportError) as exc:
-            raise ConfigError(f"cannot use this database: {exc}", key="database.url") from None
+            shown = parsed.render_as_string(hide_password=True)
+            raise ConfigError(
+                f"cannot use this database ({shown}): {type(exc).__name__}", key="database.url"
+            ) from None
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)

@@ -236,7 +236,7 @@ def test_failed_post_action_loses_nothing_and_is_retried(
         )
     )
     [summary] = refused.accounts
-    assert summary.invoices == 4 and summary.post_actions == 0 and refused.exit_code == 3
+    assert summary.invoices == 4 and summary.post_actions == 0 and refused.exit_code == 1
     assert not any("\\Flagged" in f for f in dovecot.flags(imap_user.name, "INBOX").values())
     retried = _run(
         _imap_config(
