@@ -29,7 +29,7 @@ __all__ = ["INVOICE_XML_NAMES", "EInvoiceExtractor", "find_invoice_xml", "parse_
 #: Embedded invoice file names, compared case-insensitively, in order of preference:
 #: Factur-X / ZUGFeRD 2.1+ (``facturx.FACTURX_FILENAME``), ZUGFeRD 2.0
 #: ``zugferd-invoice.xml`` and 1.0 ``ZUGFeRD-invoice.xml`` (``facturx.ZUGFERD_FILENAME``),
-#: XRechnung. Kept here rather than imported: facturx is a heavy import for three names.
+#: XRechnung: the names factur-x uses to find the invoice XML.
 INVOICE_XML_NAMES = ("factur-x.xml", "zugferd-invoice.xml", "xrechnung.xml")
 
 _Mapper = Callable[[etree._Element], Invoice]
