@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-pytest_plugins = ["tests.dovecot"]  # the real Dovecot IMAP server and OAuth2 token server
+# Real servers as fixtures: Dovecot IMAP with its OAuth2 token server; an OpenAI-compatible API.
+pytest_plugins = ["tests.dovecot", "tests.openai_server"]
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "tests" / "corpus"

@@ -1,6 +1,8 @@
-"""OpenAI failures translated into the error tree.
+"""The OpenAI extractor, and OpenAI failures translated into the error tree.
 
-The only module that imports ``openai``. ``translate_openai_errors`` wraps every
+The only module that imports ``openai``. ``OpenAIExtractor`` sends a document's
+text layer to a chat model with structured outputs (``llm_schema.LlmInvoice``) and
+converts the answer into ``models.Invoice``. ``translate_openai_errors`` wraps every
 SDK call and maps the SDK's exceptions to the *most specific* class of
 ``invoicesync.errors``, chaining the original as ``__cause__``.
 
@@ -12,14 +14,19 @@ says which limit or parameter), with anything shaped like an API key
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
+import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 import openai
+import pydantic
 
 from invoicesync.errors import (
     AuthError,
+    BadDocumentError,
     BadInputError,
     ConfigError,
     InvoiceSyncError,
@@ -29,15 +36,28 @@ from invoicesync.errors import (
     RateLimitedError,
     ServerError,
 )
+from invoicesync.extract import prompt
+from invoicesync.extract.llm_schema import LlmInvoice, to_invoice
+from invoicesync.extract.pdf import pdf_text
+from invoicesync.models import Invoice
+from invoicesync.resilience.retry import RetryPolicy
 from invoicesync.resilience.retry_after import retry_after_from_headers
 
-__all__ = ["ContextTooLongError", "translate_openai_errors"]
+__all__ = ["ContextTooLongError", "OpenAIExtractor", "translate_openai_errors"]
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
+
+log = logging.getLogger(__name__)
 
 _STAGE = "extract"
 _MAX_TEXT = 300
 _API_KEY = re.compile(r"sk-[A-Za-z0-9_-]{8,}")
 # A 429 with one of these codes is an empty account, not a burst: waiting won't help.
 _QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "billing_not_active"})
+# Fewer characters of text than this (page markers aside) means there is no text layer.
+_MIN_TEXT = 50
+_PAGE_MARKER = re.compile(r"^--- page \d+ ---$", re.MULTILINE)
 
 
 class ContextTooLongError(BadInputError):
@@ -48,6 +68,141 @@ class ContextTooLongError(BadInputError):
     """
 
     kind = "context_too_long"
+
+
+class OpenAIExtractor:
+    """Reads an invoice from a PDF's text layer with an OpenAI chat model.
+
+    Text first: the first ``max_pages`` pages of the text layer go to the model in
+    one structured-output request (``timeout`` seconds per request, the SDK's own
+    retries off: ``retry`` decides, honouring Retry-After). A document the model
+    calls ``other`` gives ``None``. A refusal is ``BadInputError``; an answer that
+    doesn't match the schema is asked again once with the validation error, then
+    ``BadInputError``; a text too long for the context is sent again once with half
+    the pages. A PDF without a text layer (a scan) is ``BadDocumentError`` for now.
+
+    ``calls``, ``prompt_tokens`` and ``completion_tokens`` add up over all threads
+    for the run summary. The API key lives only inside the SDK client.
+    """
+
+    name = "openai"
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        model: str,
+        base_url: str | None = None,
+        timeout: float,
+        max_pages: int,
+        retry: RetryPolicy,
+    ) -> None:
+        self.model = model
+        self.max_pages = max_pages
+        self.retry = retry
+        self._client = openai.OpenAI(
+            api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0
+        )
+        self._endpoint = str(self._client.base_url)
+        self._lock = threading.Lock()
+        self.calls = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+
+    def __repr__(self) -> str:
+        return f"OpenAIExtractor(model={self.model!r}, endpoint={_safe_endpoint(self._endpoint)!r})"
+
+    def close(self) -> None:
+        """Close the SDK client's connection pool."""
+        self._client.close()
+
+    def extract(self, data: bytes, *, filename: str | None = None) -> Invoice | None:
+        text = pdf_text(data, max_pages=self.max_pages)
+        if len(_PAGE_MARKER.sub("", text).strip()) < _MIN_TEXT:
+            raise BadDocumentError("no text layer (scanned PDF): not supported yet", stage=_STAGE)
+        try:
+            return self._extract_text(text, filename)
+        except ContextTooLongError:
+            pages = len(_PAGE_MARKER.findall(text))
+            if pages < 2:
+                raise
+            log.info("openai %s: context too long, retrying with %d pages", self.model, pages // 2)
+            return self._extract_text(pdf_text(data, max_pages=pages // 2), filename)
+
+    def _extract_text(self, text: str, filename: str | None) -> Invoice | None:
+        conversation = prompt.messages(text, filename=filename)
+        try:
+            llm = self._ask(conversation)
+        except _SchemaMismatch as first:
+            conversation = [*conversation, prompt.schema_retry_message(first.detail)]
+            try:
+                llm = self._ask(conversation)
+            except _SchemaMismatch as second:
+                raise BadInputError(
+                    f"openai {self.model}: model output does not match the schema: {second.detail}",
+                    stage=_STAGE,
+                ) from second
+        return to_invoice(llm, model=self.model, prompt_version=prompt.PROMPT_VERSION)
+
+    def _ask(self, conversation: list[prompt.Message]) -> LlmInvoice:
+        # _SchemaMismatch is no TransientError: the policy passes it straight through.
+        return self.retry.call(lambda: self._call(conversation))
+
+    def _call(self, conversation: list[prompt.Message]) -> LlmInvoice:
+        """One request; the answer parsed, or ``_SchemaMismatch``."""
+        with self._lock:
+            self.calls += 1
+        with translate_openai_errors(model=self.model, endpoint=self._endpoint):
+            raw = self._client.chat.completions.with_raw_response.parse(
+                model=self.model,
+                messages=cast("list[ChatCompletionMessageParam]", conversation),
+                response_format=LlmInvoice,
+            )
+            self._count_tokens(raw.http_response)
+            try:
+                completion = raw.parse()
+            except pydantic.ValidationError as exc:
+                raise _SchemaMismatch(_summary(exc)) from exc
+        if not completion.choices:
+            raise ServerError(f"openai {self.model}: answer without choices", stage=_STAGE)
+        message = completion.choices[0].message
+        if message.refusal:
+            refusal = _API_KEY.sub("sk-[redacted]", " ".join(message.refusal.split()))
+            raise BadInputError(
+                f"openai {self.model}: the model refused: {refusal[:_MAX_TEXT]}", stage=_STAGE
+            )
+        if message.parsed is None:
+            raise _SchemaMismatch("the answer is empty")
+        return message.parsed
+
+    def _count_tokens(self, response: Any) -> None:
+        try:
+            body = response.json()
+        except ValueError:  # not JSON: parsing the completion will say so
+            return
+        usage = body.get("usage") if isinstance(body, dict) else None
+        if not isinstance(usage, dict):
+            return
+        sent, received = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        with self._lock:
+            self.prompt_tokens += sent if isinstance(sent, int) else 0
+            self.completion_tokens += received if isinstance(received, int) else 0
+
+
+class _SchemaMismatch(Exception):
+    """The model's answer is not a valid ``LlmInvoice``; ``detail`` says why."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+def _summary(exc: pydantic.ValidationError) -> str:
+    """The validation errors by field, without the input (it may echo the document)."""
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in errors[:10]]
+    more = f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""
+    return "; ".join(parts) + more
 
 
 @contextlib.contextmanager
