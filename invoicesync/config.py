@@ -44,6 +44,7 @@ __all__ = [
     "LeaseSettings",
     "LinkSettings",
     "OAuth2Settings",
+    "OpenAISettings",
     "RetrySettings",
     "RunSettings",
     "SearchSettings",
@@ -89,6 +90,20 @@ class ExtractorSettings(_Section):
     """auto = e-invoice XML when present, else OpenAI when a key is set, else offline."""
 
 
+class OpenAISettings(_Section):
+    """``[openai]``: the model that reads invoices without e-invoice XML."""
+
+    model: str = "gpt-4o-mini"
+    api_key: SecretStr | None = None
+    api_key_env: str | None = "OPENAI_API_KEY"
+    api_key_file: Path | None = None
+    base_url: str = ""
+    """Any OpenAI-compatible endpoint (Azure OpenAI, vLLM, Ollama …); empty = OpenAI's."""
+    max_concurrency: int = Field(default=4, ge=1)
+    """Model requests in flight at once, per process."""
+    max_pages: int = Field(default=10, ge=1)
+
+
 class TimeoutSettings(_Section):
     """Timeouts in seconds."""
 
@@ -110,6 +125,8 @@ class TimeoutSettings(_Section):
     """Longest silence while reading an HTTP answer."""
     download: float = Field(default=60, gt=0)
     """Total time for one link download, redirects and retries included."""
+    openai: float = Field(default=60, gt=0)
+    """One model request."""
 
 
 class RetrySettings(_Section):
@@ -274,6 +291,7 @@ class Settings(BaseSettings):
     leases: LeaseSettings = LeaseSettings()
     run: RunSettings = RunSettings()
     links: LinkSettings = LinkSettings()
+    openai: OpenAISettings = OpenAISettings()
     imap_pool: ImapPoolSettings = ImapPoolSettings()
     accounts: list[AccountSettings] = []
 
@@ -383,7 +401,21 @@ def _with_secrets(settings: Settings) -> Settings:
         elif account.imap_host is not None and password is None:
             raise ConfigError("an IMAP account needs a password or oauth2", key=prefix)
         accounts.append(account.model_copy(update={"password": password, "oauth2": oauth2}))
-    return settings.model_copy(update={"accounts": accounts})
+    openai = settings.openai
+    env = openai.api_key_env
+    if openai.api_key is not None or openai.api_key_file is not None:
+        env = None  # an explicit value or file wins over the environment
+    elif env and not os.environ.get(env):
+        env = None  # no key at all is fine: the offline extractor runs instead
+    key = resolve_secret(
+        "openai.api_key",
+        value=openai.api_key,
+        env=env,
+        file=openai.api_key_file,
+        secrets_dir=settings.secrets_dir,
+    )
+    openai = openai.model_copy(update={"api_key": key})
+    return settings.model_copy(update={"accounts": accounts, "openai": openai})
 
 
 def resolve_secret(

@@ -25,7 +25,7 @@ PG_ADMIN_URL = os.environ.get(
 def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     """No INVOICESYNC_* variable of the developer's shell leaks into a test."""
     for name in list(os.environ):
-        if name.startswith("INVOICESYNC_"):
+        if name.startswith("INVOICESYNC_") or name == "OPENAI_API_KEY":
             monkeypatch.delenv(name)
 
 

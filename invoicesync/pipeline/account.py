@@ -76,6 +76,7 @@ class AccountJob:
         self._tx = runner.tx
         self._account_deadline = runner.deadline  # replaced by the account's own in work()
         self._wants_post_action = False
+        self.model_down = runner.model_down
         self._link_retry = link_retry_policy(
             runner.settings.retries, runner.settings.links, cancel=runner.switch.event
         )
@@ -319,10 +320,14 @@ class AccountJob:
             self._extract_one(document, summary)
 
     def _extract_one(self, document: Document, summary: AccountSummary) -> None:
+        # Once the model endpoint refused us, only extractors without it run this time.
+        without_model = bool(self.model_down) and self.extractors.uses_model
         try:
             data = self.files.get(document.path)
             invoice = stages.extract_document(
-                self.extractors.for_kind(document.kind), data, document.filename
+                self.extractors.for_kind(document.kind, model=not without_model),
+                data,
+                document.filename,
             )
         except CircuitOpenError:
             summary.left_pending += 1
@@ -330,6 +335,17 @@ class AccountJob:
         except (BadInputError, TransientError, OSError) as exc:
             self.switch.raise_if_tripped()
             self._document_failed(document, exc, summary)
+            return
+        except FatalError as exc:
+            # Bad key, no quota, unknown model: stop calling the endpoint for the whole run
+            # (every account); its documents stay pending, untouched, for a later run.
+            self.model_down.append(str(exc))
+            summary.status, summary.error = "fatal", f"model endpoint: {exc}"
+            summary.left_pending += 1
+            log.error("document=%s stage=extract fatal: %s", document.sha256[:12], exc)
+            return
+        if invoice is None and without_model and document.kind == "pdf":
+            summary.left_pending += 1  # maybe an invoice the model reads: next run
             return
         if invoice is None:
             self._tx(

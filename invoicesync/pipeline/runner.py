@@ -53,7 +53,9 @@ class Runner:
         self.db = database
         self.switch = switch or StopSwitch()
         self.files = DocumentFiles(settings.storage.dir)
-        self.extractors = ExtractorSelection(settings.extractor)
+        self.extractors = ExtractorSelection(settings, cancel=self.switch.event)
+        #: Why the model endpoint must not be called again this run (shared by all accounts).
+        self.model_down: list[str] = []
         self.source_factory = source_factory
         self.breakers = Breakers(settings.breaker)
         self.max_bytes = int(settings.storage.max_document_mb * 1024 * 1024)
