@@ -27,6 +27,11 @@ class _Bounded:
         with self._slots:
             return self._extractor.extract(data, filename=filename)
 
+    def close(self) -> None:
+        close = getattr(self._extractor, "close", None)
+        if close is not None:
+            close()
+
 
 def _openai(settings: OpenAISettings, root: Settings, cancel: threading.Event) -> Extractor:
     from invoicesync.extract.openai import OpenAIExtractor  # the SDK is heavy: only when used
@@ -72,6 +77,14 @@ class ExtractorSelection:
         self.uses_model = any(e.name == "openai" for e in pdf)
         self._chains: dict[str, Extractor] = {"pdf": ExtractorChain(pdf), "xml": einvoice}
         self._without_model = ExtractorChain([e for e in pdf if e.name != "openai"])
+        self._all = pdf
+
+    def close(self) -> None:
+        """Release what the extractors hold open (the model client's connections)."""
+        for extractor in self._all:
+            close = getattr(extractor, "close", None)
+            if close is not None:
+                close()
 
     def for_kind(self, kind: str, *, model: bool = True) -> Extractor:
         """The chain for ``kind``; ``model=False`` leaves the model out (it refused us)."""

@@ -91,6 +91,7 @@ class Runner:
             result.status, result.error = "crashed", f"{type(exc).__name__}: {exc}"
             raise
         finally:
+            self.extractors.close()  # the model client's keep-alive connections
             counts = {"accounts": [asdict(a) for a in result.accounts]}
             with self.db.transaction() as session:
                 repo.finish_run(
