@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from invoicesync.pipeline.runner import RunResult
-from invoicesync.store import queries as repo
+from invoicesync.store import queries
 from invoicesync.store.db import Database
 
 __all__ = ["print_status", "print_summary"]
@@ -63,10 +63,10 @@ def print_summary(result: RunResult) -> None:
 def print_status(database: Database) -> None:
     console = _console()
     with database.session() as session:
-        accounts = repo.account_overview(session)
-        reconnect = repo.accounts_needing_reconnect(session)
-        runs = repo.recent_runs(session)
-        items = repo.open_items(session)
+        accounts = queries.account_overview(session)
+        reconnect = queries.accounts_needing_reconnect(session)
+        runs = queries.recent_runs(session)
+        items = queries.open_items(session)
     table = Table(title="accounts (messages by status)")
     for column in ("account", "ok", "no_invoice", "failed_transient", "failed_fatal", "pending"):
         table.add_column(column)

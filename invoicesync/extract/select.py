@@ -28,9 +28,14 @@ class _Bounded:
             return self._extractor.extract(data, filename=filename)
 
     def close(self) -> None:
-        close = getattr(self._extractor, "close", None)
-        if close is not None:
-            close()
+        _close(self._extractor)
+
+
+def _close(extractor: object) -> None:
+    """Close an extractor that holds resources (only the model client does)."""
+    close = getattr(extractor, "close", None)
+    if close is not None:
+        close()
 
 
 def _openai(settings: OpenAISettings, root: Settings, cancel: threading.Event) -> Extractor:
@@ -82,9 +87,7 @@ class ExtractorSelection:
     def close(self) -> None:
         """Release what the extractors hold open (the model client's connections)."""
         for extractor in self._all:
-            close = getattr(extractor, "close", None)
-            if close is not None:
-                close()
+            _close(extractor)
 
     def for_kind(self, kind: str, *, model: bool = True) -> Extractor:
         """The chain for ``kind``; ``model=False`` leaves the model out (it refused us)."""
