@@ -37,12 +37,14 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "AccountSettings",
     "BreakerSettings",
+    "CacheSettings",
     "DatabaseSettings",
     "ExtractorKind",
     "ExtractorSettings",
     "ImapPoolSettings",
     "LeaseSettings",
     "LinkSettings",
+    "ModelPrice",
     "OAuth2Settings",
     "OpenAISettings",
     "RetrySettings",
@@ -85,6 +87,31 @@ class ExtractorKind(StrEnum):
     OFFLINE = "offline"
 
 
+class ModelPrice(_Section):
+    """USD per million prompt (``input``) and completion (``output``) tokens."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
+# Published list prices at the time of writing; override in [openai.prices].
+_DEFAULT_PRICES = {
+    "gpt-4o-mini": ModelPrice(input=0.15, output=0.60),
+    "gpt-4o": ModelPrice(input=2.50, output=10.00),
+    "gpt-4.1": ModelPrice(input=2.00, output=8.00),
+    "gpt-4.1-mini": ModelPrice(input=0.40, output=1.60),
+    "gpt-4.1-nano": ModelPrice(input=0.10, output=0.40),
+}
+
+
+class CacheSettings(_Section):
+    """``[cache]``: model results kept by document sha256 + model + prompt version."""
+
+    enabled: bool = True
+    ttl_hours: float = Field(default=24, gt=0)
+    """A cached result is reused for this long."""
+
+
 class ExtractorSettings(_Section):
     kind: ExtractorKind = ExtractorKind.AUTO
     """auto = e-invoice XML when present, else OpenAI when a key is set, else offline."""
@@ -101,7 +128,23 @@ class OpenAISettings(_Section):
     """Any OpenAI-compatible endpoint (Azure OpenAI, vLLM, Ollama …); empty = OpenAI's."""
     max_concurrency: int = Field(default=4, ge=1)
     """Model requests in flight at once, per process."""
+    requests_per_minute: int = Field(default=0, ge=0)
+    """Client-side request budget per minute; 0 = unlimited (the server's 429s still count)."""
+    tokens_per_minute: int = Field(default=0, ge=0)
+    """Client-side token budget per minute (prompt + answer, estimated); 0 = unlimited."""
     max_pages: int = Field(default=10, ge=1)
+    """Pages sent per document: of the text layer, or of the PDF itself for a scan."""
+    scanned_pdfs: Literal["file", "skip"] = "file"
+    """A PDF without a text layer: "file" sends the PDF to the model as a file input
+    (for models that read files), "skip" fails it as unreadable."""
+    prices: dict[str, ModelPrice] = Field(default_factory=lambda: dict(_DEFAULT_PRICES))
+    """USD per million tokens by model, for the run summary's cost estimate; merged over
+    the built-in list prices."""
+
+    @field_validator("prices", mode="before")
+    @classmethod
+    def _over_defaults(cls, value: Any) -> Any:
+        return {**_DEFAULT_PRICES, **value} if isinstance(value, Mapping) else value
 
 
 class TimeoutSettings(_Section):
@@ -142,6 +185,8 @@ class RetrySettings(_Section):
     """Up to this many random seconds added to each wait, so clients don't retry in step."""
     retry_after_max: float = Field(default=120.0, ge=0)
     """A server's Retry-After is honoured up to this many seconds."""
+    openai: int = Field(default=3, ge=1)
+    """Attempts per model request (429, 5xx, timeouts), Retry-After honoured."""
     item_attempts: int = Field(default=5, ge=1)
     """Runs that may try a failing item before it is parked as failed_fatal."""
     time_scale: float = Field(default=1.0, ge=0)
@@ -292,6 +337,7 @@ class Settings(BaseSettings):
     run: RunSettings = RunSettings()
     links: LinkSettings = LinkSettings()
     openai: OpenAISettings = OpenAISettings()
+    cache: CacheSettings = CacheSettings()
     imap_pool: ImapPoolSettings = ImapPoolSettings()
     accounts: list[AccountSettings] = []
 

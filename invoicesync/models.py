@@ -144,6 +144,8 @@ class Provenance(_Model):
     einvoice_profile: str | None = None  # BT-24 specification identifier
     model: str | None = None  # the language model, for the openai extractor
     prompt_version: str | None = None
+    prompt_tokens: int | None = None  # what the model's reading cost (all its requests)
+    completion_tokens: int | None = None
 
 
 class Invoice(_Model):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from invoicesync.pipeline.runner import RunResult
+from invoicesync.pipeline.summary import ModelUsage, RunResult
 from invoicesync.store import queries
 from invoicesync.store.db import Database
 
@@ -58,6 +58,18 @@ def print_summary(result: RunResult) -> None:
             console.print(
                 f"{summary.account}: after_ingest applied to {summary.post_actions} mail(s)"
             )
+    if result.model is not None:
+        console.print(model_line(result.model), markup=False)
+
+
+def model_line(usage: ModelUsage) -> str:
+    """One line on what the model cost: calls, cache hits, tokens, estimated cost."""
+    cost = "no price configured" if usage.cost_usd is None else f"~${usage.cost_usd:.4f}"
+    return (
+        f"model {usage.model}: {usage.calls} call(s), {usage.cache_hits} cache hit(s), "
+        f"{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens, "
+        f"estimated cost {cost}"
+    )
 
 
 def print_status(database: Database) -> None:

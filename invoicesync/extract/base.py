@@ -1,4 +1,4 @@
-"""The extractor protocol and how ``[extractor] kind`` picks extractors."""
+"""The extractor protocol, and a chain of extractors tried in order."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from invoicesync.models import Invoice
+from invoicesync.resilience.timeouts import Deadline
 
 __all__ = ["Extractor", "ExtractorChain"]
 
@@ -16,11 +17,14 @@ class Extractor(Protocol):
     ``extract`` returns ``None`` when this extractor has nothing to say about the
     document (no embedded XML, not an invoice); it raises ``BadInputError`` when the
     document can never be read and ``TransientError`` when a later attempt may work.
+    Extractors that wait on a network stay within ``deadline`` (the account's).
     """
 
     name: str
 
-    def extract(self, data: bytes, *, filename: str | None = None) -> Invoice | None: ...
+    def extract(
+        self, data: bytes, *, filename: str | None = None, deadline: Deadline | None = None
+    ) -> Invoice | None: ...
 
 
 class ExtractorChain:
@@ -30,9 +34,11 @@ class ExtractorChain:
         self.extractors = list(extractors)
         self.name = "+".join(e.name for e in self.extractors)
 
-    def extract(self, data: bytes, *, filename: str | None = None) -> Invoice | None:
+    def extract(
+        self, data: bytes, *, filename: str | None = None, deadline: Deadline | None = None
+    ) -> Invoice | None:
         for extractor in self.extractors:
-            invoice = extractor.extract(data, filename=filename)
+            invoice = extractor.extract(data, filename=filename, deadline=deadline)
             if invoice is not None:
                 return invoice
         return None

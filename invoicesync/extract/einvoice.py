@@ -23,6 +23,7 @@ from invoicesync.extract.ubl import UBL_ROOTS, map_ubl
 from invoicesync.extract.xml_safe import parse_xml
 from invoicesync.extract.zugferd1 import ZF1_ROOT, map_zugferd1
 from invoicesync.models import Invoice
+from invoicesync.resilience.timeouts import Deadline
 
 __all__ = ["INVOICE_XML_NAMES", "EInvoiceExtractor", "find_invoice_xml", "parse_einvoice"]
 
@@ -79,7 +80,9 @@ class EInvoiceExtractor:
 
     name = "einvoice"
 
-    def extract(self, data: bytes, *, filename: str | None = None) -> Invoice | None:
+    def extract(
+        self, data: bytes, *, filename: str | None = None, deadline: Deadline | None = None
+    ) -> Invoice | None:
         """The e-invoice in ``data`` (a PDF or an XML file); ``None`` if there is none."""
         if is_pdf(data):
             xml = find_invoice_xml(embedded_files(data))

@@ -122,8 +122,9 @@ def to_invoice(llm: LlmInvoice, *, model: str, prompt_version: str) -> Invoice |
     Amounts that are not plain decimals (after removing spaces, currency symbols
     and codes) become ``None`` and flag the invoice, as do dates that are not
     ``YYYY-MM-DD``. Then the arithmetic checks of ``review.check_invoice`` run, and
-    three plausibility checks: due date before issue date, a currency that is not
-    three capital letters, and an IBAN whose mod-97 checksum is wrong.
+    four plausibility checks: due date before issue date, a currency that is not
+    three capital letters, an IBAN whose mod-97 checksum is wrong, and line net
+    amounts that do not add up to the net total.
     """
     if llm.document_type == "other":
         return None
@@ -188,6 +189,12 @@ def _check_plausibility(invoice: Invoice) -> None:
         invoice.flag(f"currency {invoice.currency!r} is not an ISO 4217 code")
     if invoice.iban is not None and not iban_is_valid(invoice.iban):
         invoice.flag(f"IBAN {invoice.iban} fails its checksum")
+    # The model reports no document-level allowances or charges: lines must add up to net.
+    amounts = [line.net_amount for line in invoice.line_items]
+    if invoice.net_total is not None and amounts and None not in amounts:
+        total = sum((a for a in amounts if a is not None), Decimal(0))
+        if total != invoice.net_total:
+            invoice.flag(f"line net amounts sum to {total}, net total is {invoice.net_total}")
 
 
 def _party(party: LlmParty) -> Party:

@@ -20,6 +20,7 @@ from typing import TypeVar
 from invoicesync.extract.pdf import pdf_text
 from invoicesync.extract.review import check_gross_total
 from invoicesync.models import DocumentType, Invoice, Party, Provenance
+from invoicesync.resilience.timeouts import Deadline
 
 __all__ = ["OfflineExtractor", "detect_currency", "parse_amount", "parse_date", "parse_text"]
 
@@ -394,6 +395,8 @@ class OfflineExtractor:
     def __init__(self, *, max_pages: int = MAX_PAGES) -> None:
         self.max_pages = max_pages
 
-    def extract(self, data: bytes, *, filename: str | None = None) -> Invoice | None:
+    def extract(
+        self, data: bytes, *, filename: str | None = None, deadline: Deadline | None = None
+    ) -> Invoice | None:
         """Raises ``BadDocumentError`` for broken or encrypted PDFs (from ``pdf_text``)."""
         return parse_text(pdf_text(data, max_pages=self.max_pages))

@@ -18,6 +18,7 @@ import logging
 import re
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
@@ -38,15 +39,19 @@ from invoicesync.errors import (
 )
 from invoicesync.extract import prompt
 from invoicesync.extract.llm_schema import LlmInvoice, to_invoice
-from invoicesync.extract.pdf import pdf_text
+from invoicesync.extract.pdf import first_pages, pdf_text
 from invoicesync.models import Invoice
 from invoicesync.resilience.retry import RetryPolicy
 from invoicesync.resilience.retry_after import retry_after_from_headers
+from invoicesync.resilience.timeouts import Deadline
 
-__all__ = ["ContextTooLongError", "OpenAIExtractor", "translate_openai_errors"]
+__all__ = ["ContextTooLongError", "OpenAIExtractor", "Reading", "translate_openai_errors"]
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionMessageParam
+
+    from invoicesync.resilience.breaker import Breakers
+    from invoicesync.resilience.rate_limit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,8 @@ _QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "b
 # Fewer characters of text than this (page markers aside) means there is no text layer.
 _MIN_TEXT = 50
 _PAGE_MARKER = re.compile(r"^--- page \d+ ---$", re.MULTILINE)
+# Tokens budgeted for an answer before its real usage is known (rate limiting only).
+_ANSWER_TOKENS = 1000
 
 
 class ContextTooLongError(BadInputError):
@@ -70,19 +77,32 @@ class ContextTooLongError(BadInputError):
     kind = "context_too_long"
 
 
+@dataclass
+class Reading:
+    """What the model made of one document, and what that cost."""
+
+    invoice: Invoice | None
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
 class OpenAIExtractor:
-    """Reads an invoice from a PDF's text layer with an OpenAI chat model.
+    """Reads an invoice from a PDF with an OpenAI chat model.
 
     Text first: the first ``max_pages`` pages of the text layer go to the model in
-    one structured-output request (``timeout`` seconds per request, the SDK's own
-    retries off: ``retry`` decides, honouring Retry-After). A document the model
-    calls ``other`` gives ``None``. A refusal is ``BadInputError``; an answer that
-    doesn't match the schema is asked again once with the validation error, then
-    ``BadInputError``; a text too long for the context is sent again once with half
-    the pages. A PDF without a text layer (a scan) is ``BadDocumentError`` for now.
+    one structured-output request. A PDF without a text layer (a scan) is sent as a
+    file input of its first ``max_pages`` pages when ``scanned_pdfs`` is ``"file"``,
+    else refused as ``BadDocumentError``. A document the model calls ``other`` gives
+    ``None``. A refusal is ``BadInputError``; an answer that doesn't match the schema
+    is asked again once with the validation error, then ``BadInputError``; a
+    document too long for the context is sent again once with half the pages.
 
-    ``calls``, ``prompt_tokens`` and ``completion_tokens`` add up over all threads
-    for the run summary. The API key lives only inside the SDK client.
+    Each request waits for the rate ``limiter`` and one of ``max_concurrency``
+    slots, runs under ``timeout`` (capped by the caller's deadline) with the SDK's
+    own retries off: ``retry`` decides, honouring Retry-After, all under the
+    endpoint's circuit breaker from ``breakers``. ``calls`` and the token counters add up over all
+    threads for the run summary. The API key lives only inside the SDK client.
     """
 
     name = "openai"
@@ -96,73 +116,160 @@ class OpenAIExtractor:
         timeout: float,
         max_pages: int,
         retry: RetryPolicy,
+        max_concurrency: int | None = None,
+        limiter: RateLimiter | None = None,
+        breakers: Breakers | None = None,
+        scanned_pdfs: str = "file",
     ) -> None:
         self.model = model
         self.max_pages = max_pages
         self.retry = retry
+        self.timeout = timeout
+        self.scanned_pdfs = scanned_pdfs
         self._client = openai.OpenAI(
             api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0
         )
         self._endpoint = str(self._client.base_url)
+        self._slots = threading.BoundedSemaphore(max_concurrency) if max_concurrency else None
+        self._limiter = limiter
+        self._breaker = breakers.for_endpoint(f"openai {self.endpoint}") if breakers else None
         self._lock = threading.Lock()
         self.calls = 0
         self.prompt_tokens = 0
         self.completion_tokens = 0
 
+    @property
+    def endpoint(self) -> str:
+        """The API base URL, without credentials: the circuit breaker's key."""
+        return _safe_endpoint(self._endpoint)
+
     def __repr__(self) -> str:
-        return f"OpenAIExtractor(model={self.model!r}, endpoint={_safe_endpoint(self._endpoint)!r})"
+        return f"OpenAIExtractor(model={self.model!r}, endpoint={self.endpoint!r})"
 
     def close(self) -> None:
         """Close the SDK client's connection pool."""
         self._client.close()
 
-    def extract(self, data: bytes, *, filename: str | None = None) -> Invoice | None:
+    def extract(
+        self, data: bytes, *, filename: str | None = None, deadline: Deadline | None = None
+    ) -> Invoice | None:
+        return self.read(data, filename=filename, deadline=deadline).invoice
+
+    def read(
+        self, data: bytes, *, filename: str | None = None, deadline: Deadline | None = None
+    ) -> Reading:
+        """The document's invoice (or None), with the requests and tokens it took."""
+        reading = Reading(invoice=None)
+        limit = deadline or Deadline.never()
         text = pdf_text(data, max_pages=self.max_pages)
         if len(_PAGE_MARKER.sub("", text).strip()) < _MIN_TEXT:
-            raise BadDocumentError("no text layer (scanned PDF): not supported yet", stage=_STAGE)
+            if self.scanned_pdfs != "file":
+                raise BadDocumentError(
+                    "no text layer (scanned PDF), and [openai] scanned_pdfs = skip", stage=_STAGE
+                )
+            pages = self.max_pages
+            while True:
+                pdf, pages = first_pages(data, pages)
+                try:
+                    reading.invoice = self._extract(
+                        prompt.file_messages(pdf, filename=filename), pages * 1500, reading, limit
+                    )
+                    return reading
+                except ContextTooLongError:
+                    if pages < 2:
+                        raise
+                    pages //= 2
+                    log.info("openai %s: scan too long, retrying with %d pages", self.model, pages)
         try:
-            return self._extract_text(text, filename)
+            reading.invoice = self._extract(
+                prompt.messages(text, filename=filename), len(text) // 4, reading, limit
+            )
         except ContextTooLongError:
             pages = len(_PAGE_MARKER.findall(text))
             if pages < 2:
                 raise
             log.info("openai %s: context too long, retrying with %d pages", self.model, pages // 2)
-            return self._extract_text(pdf_text(data, max_pages=pages // 2), filename)
+            text = pdf_text(data, max_pages=pages // 2)
+            reading.invoice = self._extract(
+                prompt.messages(text, filename=filename), len(text) // 4, reading, limit
+            )
+        return reading
 
-    def _extract_text(self, text: str, filename: str | None) -> Invoice | None:
-        conversation = prompt.messages(text, filename=filename)
+    def _extract(
+        self,
+        conversation: list[prompt.Message],
+        input_tokens: int,
+        reading: Reading,
+        deadline: Deadline,
+    ) -> Invoice | None:
+        estimate = input_tokens + _ANSWER_TOKENS
         try:
-            llm = self._ask(conversation)
+            llm = self._ask(conversation, estimate, reading, deadline)
         except _SchemaMismatch as first:
             conversation = [*conversation, prompt.schema_retry_message(first.detail)]
             try:
-                llm = self._ask(conversation)
+                llm = self._ask(conversation, estimate, reading, deadline)
             except _SchemaMismatch as second:
                 raise BadInputError(
                     f"openai {self.model}: model output does not match the schema: {second.detail}",
                     stage=_STAGE,
                 ) from second
-        return to_invoice(llm, model=self.model, prompt_version=prompt.PROMPT_VERSION)
-
-    def _ask(self, conversation: list[prompt.Message]) -> LlmInvoice:
-        # _SchemaMismatch is no TransientError: the policy passes it straight through.
-        return self.retry.call(lambda: self._call(conversation))
-
-    def _call(self, conversation: list[prompt.Message]) -> LlmInvoice:
-        """One request; the answer parsed, or ``_SchemaMismatch``."""
-        with self._lock:
-            self.calls += 1
-        with translate_openai_errors(model=self.model, endpoint=self._endpoint):
-            raw = self._client.chat.completions.with_raw_response.parse(
-                model=self.model,
-                messages=cast("list[ChatCompletionMessageParam]", conversation),
-                response_format=LlmInvoice,
+        invoice = to_invoice(llm, model=self.model, prompt_version=prompt.PROMPT_VERSION)
+        if invoice is not None:
+            invoice.provenance = invoice.provenance.model_copy(
+                update={
+                    "prompt_tokens": reading.prompt_tokens,
+                    "completion_tokens": reading.completion_tokens,
+                }
             )
-            self._count_tokens(raw.http_response)
-            try:
-                completion = raw.parse()
-            except pydantic.ValidationError as exc:
-                raise _SchemaMismatch(_summary(exc)) from exc
+        return invoice
+
+    def _ask(
+        self,
+        conversation: list[prompt.Message],
+        estimate: int,
+        reading: Reading,
+        deadline: Deadline,
+    ) -> LlmInvoice:
+        # _SchemaMismatch is no TransientError: the policy and the breaker pass it through.
+        def attempts() -> LlmInvoice:
+            return self.retry.call(
+                lambda: self._call(conversation, estimate, reading, deadline), deadline=deadline
+            )
+
+        return attempts() if self._breaker is None else self._breaker.call(attempts)
+
+    def _call(
+        self,
+        conversation: list[prompt.Message],
+        estimate: int,
+        reading: Reading,
+        deadline: Deadline,
+    ) -> LlmInvoice:
+        """One request; the answer parsed, or ``_SchemaMismatch``."""
+        if self._limiter is not None:
+            self._limiter.acquire(estimate, deadline=deadline)
+        with self._slots or contextlib.nullcontext():
+            timeout = min(self.timeout, deadline.remaining())
+            if timeout <= 0:
+                raise OperationTimeout(f"openai {self.model}: no time left", stage=_STAGE)
+            with self._lock:
+                self.calls += 1
+            reading.calls += 1
+            with translate_openai_errors(model=self.model, endpoint=self._endpoint):
+                raw = self._client.chat.completions.with_raw_response.parse(
+                    model=self.model,
+                    messages=cast("list[ChatCompletionMessageParam]", conversation),
+                    response_format=LlmInvoice,
+                    timeout=timeout,
+                )
+                used = self._count_tokens(raw.http_response, reading)
+                if self._limiter is not None:
+                    self._limiter.settle(estimate, used if used is not None else estimate)
+                try:
+                    completion = raw.parse()
+                except pydantic.ValidationError as exc:
+                    raise _SchemaMismatch(_summary(exc)) from exc
         if not completion.choices:
             raise ServerError(f"openai {self.model}: answer without choices", stage=_STAGE)
         message = completion.choices[0].message
@@ -175,18 +282,24 @@ class OpenAIExtractor:
             raise _SchemaMismatch("the answer is empty")
         return message.parsed
 
-    def _count_tokens(self, response: Any) -> None:
+    def _count_tokens(self, response: Any, reading: Reading) -> int | None:
+        """Add the answer's usage to the counters; the total, None when not reported."""
         try:
             body = response.json()
         except ValueError:  # not JSON: parsing the completion will say so
-            return
+            return None
         usage = body.get("usage") if isinstance(body, dict) else None
         if not isinstance(usage, dict):
-            return
+            return None
         sent, received = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        sent = sent if isinstance(sent, int) else 0
+        received = received if isinstance(received, int) else 0
+        reading.prompt_tokens += sent
+        reading.completion_tokens += received
         with self._lock:
-            self.prompt_tokens += sent if isinstance(sent, int) else 0
-            self.completion_tokens += received if isinstance(received, int) else 0
+            self.prompt_tokens += sent
+            self.completion_tokens += received
+        return sent + received
 
 
 class _SchemaMismatch(Exception):

@@ -13,12 +13,12 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from pypdf import PdfReader
+from pypdf import PdfReader, PdfWriter
 
 from invoicesync.errors import BadDocumentError
 from invoicesync.sniff import PDF_MAGIC, is_pdf
 
-__all__ = ["PDF_MAGIC", "embedded_files", "is_pdf", "open_pdf", "pdf_text"]
+__all__ = ["PDF_MAGIC", "embedded_files", "first_pages", "is_pdf", "open_pdf", "pdf_text"]
 
 # pypdf logs every recoverable oddity at WARNING; in a mail pipeline these are noise.
 logging.getLogger("pypdf").setLevel(logging.ERROR)
@@ -62,8 +62,36 @@ def pdf_text(data: bytes, *, max_pages: int | None = None) -> str:
         for number, page in enumerate(reader.pages, start=1):
             if max_pages is not None and number > max_pages:
                 break
-            parts.append(f"--- page {number} ---\n{page.extract_text() or ''}")
+            parts.append(f"--- page {number} ---\n{_valid_unicode(page.extract_text() or '')}")
     return "\n".join(parts)
+
+
+def _valid_unicode(text: str) -> str:
+    """``text`` with lone surrogates as U+FFFD and split pairs joined.
+
+    Some fonts' ToUnicode maps yield half of a surrogate pair (icons in the
+    private use area); such a string cannot be encoded as UTF-8 for a request.
+    """
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def first_pages(data: bytes, count: int) -> tuple[bytes, int]:
+    """A PDF of the first ``count`` pages of ``data``, and how many pages it has.
+
+    ``data`` itself when it has no more pages than that; otherwise a new file of
+    only those pages (without the rest's content, attachments or metadata).
+    """
+    reader = open_pdf(data)
+    total = len(reader.pages)
+    if total <= count:
+        return data, total
+    with _translated("unreadable PDF pages"):
+        writer = PdfWriter()
+        for page in reader.pages[:count]:
+            writer.add_page(page)
+        out = io.BytesIO()
+        writer.write(out)
+    return out.getvalue(), count
 
 
 def embedded_files(data: bytes) -> list[tuple[str, bytes]]:

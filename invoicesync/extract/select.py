@@ -3,54 +3,49 @@
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
-from invoicesync.config import ExtractorKind, OpenAISettings, Settings
+from invoicesync.config import ExtractorKind, Settings
 from invoicesync.errors import ConfigError
 from invoicesync.extract.base import Extractor, ExtractorChain
+from invoicesync.extract.cached import CachedReader, ResultStore
 from invoicesync.extract.einvoice import EInvoiceExtractor
 from invoicesync.extract.offline import OfflineExtractor
-from invoicesync.models import Invoice
+from invoicesync.resilience.breaker import Breakers
+from invoicesync.resilience.rate_limit import RateLimiter
 from invoicesync.resilience.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from invoicesync.extract.openai import OpenAIExtractor
 
 __all__ = ["ExtractorSelection"]
 
 
-class _Bounded:
-    """At most ``limit`` calls in flight (the model endpoint's ``max_concurrency``)."""
-
-    def __init__(self, extractor: Extractor, limit: int) -> None:
-        self._extractor = extractor
-        self._slots = threading.BoundedSemaphore(limit)
-        self.name = extractor.name
-
-    def extract(self, data: bytes, *, filename: str | None = None) -> Invoice | None:
-        with self._slots:
-            return self._extractor.extract(data, filename=filename)
-
-    def close(self) -> None:
-        _close(self._extractor)
-
-
-def _close(extractor: object) -> None:
-    """Close an extractor that holds resources (only the model client does)."""
-    close = getattr(extractor, "close", None)
-    if close is not None:
-        close()
-
-
-def _openai(settings: OpenAISettings, root: Settings, cancel: threading.Event) -> Extractor:
+def _openai(
+    settings: Settings, cancel: threading.Event, breakers: Breakers | None
+) -> OpenAIExtractor:
     from invoicesync.extract.openai import OpenAIExtractor  # the SDK is heavy: only when used
 
-    assert settings.api_key is not None
-    extractor = OpenAIExtractor(
-        api_key=settings.api_key.get_secret_value(),
-        model=settings.model,
-        base_url=settings.base_url or None,
-        timeout=root.timeouts.openai,
-        max_pages=settings.max_pages,
-        retry=RetryPolicy(root.retries, stage="openai", cancel=cancel),
+    config = settings.openai
+    assert config.api_key is not None
+    return OpenAIExtractor(
+        api_key=config.api_key.get_secret_value(),
+        model=config.model,
+        base_url=config.base_url or None,
+        timeout=settings.timeouts.openai,
+        max_pages=config.max_pages,
+        retry=RetryPolicy(
+            settings.retries, stage="openai", attempts=settings.retries.openai, cancel=cancel
+        ),
+        max_concurrency=config.max_concurrency,
+        limiter=RateLimiter(
+            requests_per_minute=config.requests_per_minute,
+            tokens_per_minute=config.tokens_per_minute,
+            cancel=cancel,
+        ),
+        breakers=breakers,
+        scanned_pdfs=config.scanned_pdfs,
     )
-    return _Bounded(extractor, settings.max_concurrency)
 
 
 class ExtractorSelection:
@@ -58,10 +53,18 @@ class ExtractorSelection:
 
     ``auto`` tries the e-invoice XML first (exact, no model call), then OpenAI when
     an API key is configured, else the offline heuristics. XML documents only ever
-    go to the e-invoice extractor.
+    go to the e-invoice extractor. With a ``cache`` store the model's readings are
+    looked up there first; with ``breakers`` the model endpoint has one.
     """
 
-    def __init__(self, settings: Settings, *, cancel: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        cancel: threading.Event | None = None,
+        breakers: Breakers | None = None,
+        cache: ResultStore | None = None,
+    ) -> None:
         kind = settings.extractor.kind
         has_key = settings.openai.api_key is not None
         if kind is ExtractorKind.OPENAI and not has_key:
@@ -70,24 +73,33 @@ class ExtractorSelection:
                 key="extractor.kind",
             )
         einvoice = EInvoiceExtractor()
+        #: The model extractor and its cache, when the model is used (for the run summary).
+        self.model: OpenAIExtractor | None = None
+        self.cache: CachedReader | None = None
         pdf: list[Extractor]
         if kind is ExtractorKind.EINVOICE:
             pdf = [einvoice]
         elif kind is ExtractorKind.OFFLINE:
             pdf = [OfflineExtractor()]
         elif has_key:
-            pdf = [einvoice, _openai(settings.openai, settings, cancel or threading.Event())]
+            self.model = _openai(settings, cancel or threading.Event(), breakers)
+            model: Extractor = self.model
+            if cache is not None:
+                from invoicesync.extract.prompt import PROMPT_VERSION
+
+                self.cache = CachedReader(self.model, cache, prompt_version=PROMPT_VERSION)
+                model = self.cache
+            pdf = [einvoice, model]
         else:
             pdf = [einvoice, OfflineExtractor()]
-        self.uses_model = any(e.name == "openai" for e in pdf)
+        self.uses_model = self.model is not None
         self._chains: dict[str, Extractor] = {"pdf": ExtractorChain(pdf), "xml": einvoice}
         self._without_model = ExtractorChain([e for e in pdf if e.name != "openai"])
-        self._all = pdf
 
     def close(self) -> None:
         """Release what the extractors hold open (the model client's connections)."""
-        for extractor in self._all:
-            _close(extractor)
+        if self.model is not None:
+            self.model.close()
 
     def for_kind(self, kind: str, *, model: bool = True) -> Extractor:
         """The chain for ``kind``; ``model=False`` leaves the model out (it refused us)."""

@@ -328,6 +328,7 @@ class AccountJob:
                 self.extractors.for_kind(document.kind, model=not without_model),
                 data,
                 document.filename,
+                deadline=self._account_deadline,
             )
         except CircuitOpenError:
             summary.left_pending += 1
@@ -343,6 +344,10 @@ class AccountJob:
             summary.status, summary.error = "fatal", f"model endpoint: {exc}"
             summary.left_pending += 1
             log.error("document=%s stage=extract fatal: %s", document.sha256[:12], exc)
+            return
+        except Exception as exc:  # a bug must not stop the run nor lose the document
+            log.exception("document=%s stage=extract unexpected error", document.sha256[:12])
+            self._document_failed(document, TransientError(repr(exc)), summary)
             return
         if invoice is None and without_model and document.kind == "pdf":
             summary.left_pending += 1  # maybe an invoice the model reads: next run

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -24,13 +24,14 @@ from invoicesync.extract.select import ExtractorSelection
 from invoicesync.mail.source import MailSource
 from invoicesync.pipeline.account import AccountJob
 from invoicesync.pipeline.lease_keeper import LeaseKeeper
-from invoicesync.pipeline.summary import AccountSummary, RunResult
+from invoicesync.pipeline.summary import AccountSummary, ModelUsage, RunResult
 from invoicesync.resilience.breaker import Breakers
 from invoicesync.resilience.retry import RetryPolicy
 from invoicesync.resilience.timeouts import Deadline
 from invoicesync.resilience.watchdog import StopSwitch
 from invoicesync.store import leases
 from invoicesync.store import repository as repo
+from invoicesync.store.cache import DatabaseResultStore
 from invoicesync.store.db import Database
 from invoicesync.store.files import DocumentFiles
 
@@ -53,11 +54,18 @@ class Runner:
         self.db = database
         self.switch = switch or StopSwitch()
         self.files = DocumentFiles(settings.storage.dir)
-        self.extractors = ExtractorSelection(settings, cancel=self.switch.event)
+        self.breakers = Breakers(settings.breaker)
+        self.cache = (
+            DatabaseResultStore(database, ttl_hours=settings.cache.ttl_hours)
+            if settings.cache.enabled
+            else None
+        )
+        self.extractors = ExtractorSelection(
+            settings, cancel=self.switch.event, breakers=self.breakers, cache=self.cache
+        )
         #: Why the model endpoint must not be called again this run (shared by all accounts).
         self.model_down: list[str] = []
         self.source_factory = source_factory
-        self.breakers = Breakers(settings.breaker)
         self.max_bytes = int(settings.storage.max_document_mb * 1024 * 1024)
         self.run_id: int | None = None
         self.deadline = Deadline(settings.timeouts.run)
@@ -70,6 +78,8 @@ class Runner:
         self.run_id = run_id = self.tx(lambda s: self._start(s, host))
         result = RunResult(run_id=run_id, status="running")
         try:
+            if self.cache is not None and self.extractors.uses_model:
+                self._purge_cache()
             result.accounts = [AccountSummary(a.name) for a in self.settings.accounts]
             workers = max(1, min(self.settings.run.parallel_accounts, len(result.accounts)))
             # Accounts run side by side, each under its own deadline and lease; one
@@ -92,12 +102,45 @@ class Runner:
             raise
         finally:
             self.extractors.close()  # the model client's keep-alive connections
-            counts = {"accounts": [asdict(a) for a in result.accounts]}
+            result.model = self.model_usage()
+            counts: dict[str, Any] = {"accounts": [asdict(a) for a in result.accounts]}
+            if result.model is not None:
+                counts["model"] = asdict(result.model)
             with self.db.transaction() as session:
                 repo.finish_run(
                     session, run_id, status=result.status, counts=counts, error=result.error
                 )
         return result
+
+    def model_usage(self) -> ModelUsage | None:
+        """Calls, cache hits, tokens and estimated cost of the model; None when unused."""
+        model = self.extractors.model
+        if model is None:
+            return None
+        usage = ModelUsage(
+            model=model.model,
+            calls=model.calls,
+            cache_hits=self.extractors.cache.hits if self.extractors.cache else 0,
+            prompt_tokens=model.prompt_tokens,
+            completion_tokens=model.completion_tokens,
+        )
+        price = self.settings.openai.prices.get(model.model)
+        if price is not None:
+            usage.cost_usd = round(
+                (usage.prompt_tokens * price.input + usage.completion_tokens * price.output) / 1e6,
+                6,
+            )
+        return usage
+
+    def _purge_cache(self) -> None:
+        assert self.cache is not None
+        try:
+            purged = self.cache.purge()
+        except TransientError as exc:  # housekeeping only: the run goes on
+            log.warning("could not purge the model cache: %s", exc)
+            return
+        if purged:
+            log.info("purged %d expired model cache entries", purged)
 
     @staticmethod
     def _start(session: Session, host: str) -> int:

@@ -15,6 +15,7 @@ from invoicesync.mail.mime import parse_mail
 from invoicesync.mail.source import MailSource
 from invoicesync.models import Attachment, DocumentType, Invoice, MailRef, ParsedMail
 from invoicesync.pipeline.dedupe import business_key, is_rendering_of
+from invoicesync.resilience.timeouts import Deadline
 from invoicesync.store import repository as repo
 from invoicesync.store.files import DocumentFiles
 from invoicesync.store.repository import StoredDocument
@@ -93,9 +94,11 @@ def follow_links(parsed: ParsedMail, download: Callable[[str], LinkResult], *, l
             )
 
 
-def extract_document(extractor: Extractor, data: bytes, filename: str | None) -> Invoice | None:
+def extract_document(
+    extractor: Extractor, data: bytes, filename: str | None, *, deadline: Deadline | None = None
+) -> Invoice | None:
     """Extract stage: an invoice, or None when the document is not one."""
-    invoice = extractor.extract(data, filename=filename)
+    invoice = extractor.extract(data, filename=filename, deadline=deadline)
     if invoice is None or invoice.document_type is DocumentType.OTHER:
         return None
     return invoice

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["AccountSummary", "RunResult"]
+__all__ = ["AccountSummary", "ModelUsage", "RunResult"]
 
 
 @dataclass
@@ -26,11 +26,24 @@ class AccountSummary:
 
 
 @dataclass
+class ModelUsage:
+    """What the model endpoint cost this run (cache hits cost nothing)."""
+
+    model: str
+    calls: int = 0  # requests sent, re-asks and retries included
+    cache_hits: int = 0  # documents answered from the cache instead
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None  # estimate from [openai] prices; None without a price
+
+
+@dataclass
 class RunResult:
     run_id: int
     status: str
     accounts: list[AccountSummary] = field(default_factory=list)
     error: str | None = None
+    model: ModelUsage | None = None
 
     @property
     def exit_code(self) -> int:

@@ -273,6 +273,8 @@ def _insert_invoice(
             data=invoice.model_dump(mode="json"),
             business_key=key,
             duplicate_of=duplicate_of,
+            prompt_tokens=invoice.provenance.prompt_tokens,
+            completion_tokens=invoice.provenance.completion_tokens,
             created_at=_now(),
         )
         .on_conflict_do_nothing()

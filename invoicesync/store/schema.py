@@ -36,6 +36,7 @@ __all__ = [
     "Account",
     "Base",
     "Document",
+    "ExtractionCache",
     "InvoiceRow",
     "Lease",
     "Message",
@@ -205,7 +206,30 @@ class InvoiceRow(Base):
     duplicate_of: Mapped[int | None] = mapped_column(
         ForeignKey("invoices.id", ondelete="SET NULL"), index=True
     )
+    #: What reading this invoice cost in model tokens (None when no model was involved).
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = mapped_column(default=_now)
+
+
+class ExtractionCache(Base):
+    """A model's reading of one document, so that it is paid for once.
+
+    Keyed by what determines the answer: the document's bytes, the model and the
+    prompt version. ``result`` is the ``models.Invoice`` as JSON, or None when the
+    model found no invoice. Written as soon as the answer arrives, in its own
+    transaction, so a crash before the invoice is stored costs no second call.
+    """
+
+    __tablename__ = "extraction_cache"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    prompt_version: Mapped[str] = mapped_column(String(50), primary_key=True)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(default=_now, index=True)
 
 
 class Run(Base):

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import logging
 import threading
 import time
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pypdf import PdfReader
 
 from invoicesync.config import RetrySettings
 from invoicesync.errors import (
@@ -23,7 +28,9 @@ from invoicesync.extract.openai import OpenAIExtractor
 from invoicesync.extract.pdf import pdf_text
 from invoicesync.extract.prompt import BEGIN_DOCUMENT, END_DOCUMENT, PROMPT_VERSION, SYSTEM_PROMPT
 from invoicesync.models import DocumentType, Invoice
+from invoicesync.resilience.rate_limit import RateLimiter
 from invoicesync.resilience.retry import RetryPolicy
+from invoicesync.resilience.timeouts import Deadline
 from tests.openai_server import (
     OpenAIServer,
     chat_reply,
@@ -76,7 +83,12 @@ INVOICE_LINES = [
 
 
 def _extractor(
-    server: OpenAIServer, *, attempts: int = 3, timeout: float = 5.0, max_pages: int = 5
+    server: OpenAIServer,
+    *,
+    attempts: int = 3,
+    timeout: float = 5.0,
+    max_pages: int = 5,
+    scanned_pdfs: str = "file",
 ) -> OpenAIExtractor:
     policy = RetryPolicy(RetrySettings(time_scale=0), stage="extract", attempts=attempts)
     return OpenAIExtractor(
@@ -86,6 +98,7 @@ def _extractor(
         timeout=timeout,
         max_pages=max_pages,
         retry=policy,
+        scanned_pdfs=scanned_pdfs,
     )
 
 
@@ -250,10 +263,50 @@ def test_concurrent_extractions_are_not_serialised(openai_server: OpenAIServer) 
     assert (extractor.calls, extractor.prompt_tokens) == (4, 400)
 
 
-def test_pdf_without_text_layer_is_bad_document(openai_server: OpenAIServer) -> None:
-    """A PDF without text (a scan) is BadDocumentError, and nothing is sent."""
+def _file_part(request: dict[str, Any]) -> bytes:
+    """The PDF sent as a file input in a recorded request."""
+    parts = request["messages"][1]["content"]
+    files = [part["file"] for part in parts if part["type"] == "file"]
+    assert len(files) == 1
+    prefix, _, encoded = files[0]["file_data"].partition(",")
+    assert prefix == "data:application/pdf;base64"
+    return base64.b64decode(encoded)
+
+
+def test_scanned_pdf_is_sent_as_a_file_of_at_most_max_pages(openai_server: OpenAIServer) -> None:
+    """A PDF without a text layer goes to the model as a file input, cut to max_pages."""
+    scan = _text_pdf(*([] for _ in range(7)))
+    invoice = _extractor(openai_server, max_pages=5).extract(scan, filename="scan.pdf")
+    assert invoice is not None and invoice.invoice_number == "RE-2026-0042"
+    (request,) = openai_server.requests
+    sent = _file_part(request)
+    assert len(PdfReader(io.BytesIO(sent)).pages) == 5
+    assert request["messages"][0]["content"] == SYSTEM_PROMPT
+    assert BEGIN_DOCUMENT not in json.dumps(request["messages"][1])
+
+
+def test_short_scan_is_sent_unchanged(openai_server: OpenAIServer) -> None:
+    scan = _text_pdf([], [])
+    assert _extractor(openai_server).extract(scan) is not None
+    assert _file_part(openai_server.requests[0]) == scan
+
+
+def test_scan_too_long_for_the_context_is_retried_with_half_the_pages(
+    openai_server: OpenAIServer,
+) -> None:
+    openai_server.script(error_reply(400, "too long", code="context_length_exceeded"))
+    scan = _text_pdf(*([] for _ in range(8)))
+    assert _extractor(openai_server, max_pages=8).extract(scan) is not None
+    first, second = (_file_part(r) for r in openai_server.requests)
+    assert len(PdfReader(io.BytesIO(first)).pages) == 8
+    assert len(PdfReader(io.BytesIO(second)).pages) == 4
+
+
+def test_scans_are_refused_when_file_input_is_off(openai_server: OpenAIServer) -> None:
+    """scanned_pdfs = "skip": BadDocumentError, and nothing is sent."""
+    extractor = _extractor(openai_server, scanned_pdfs="skip")
     with pytest.raises(BadDocumentError, match="no text layer"):
-        _extract(openai_server, _text_pdf([]))
+        extractor.extract(_text_pdf([]))
     assert openai_server.calls == 0
 
 
@@ -293,3 +346,86 @@ def test_gross_mismatch_is_flagged_by_the_arithmetic_checks(openai_server: OpenA
     invoice = _extract(openai_server)
     assert invoice is not None
     assert any(reason.startswith("BR-CO-15") for reason in invoice.review_reasons)
+
+
+def test_lines_that_do_not_add_up_to_net_are_flagged(openai_server: OpenAIServer) -> None:
+    line = {
+        "description": "Consulting",
+        "quantity": "1",
+        "unit": "h",
+        "unit_price": "50.00",
+        "net_amount": "50.00",
+        "tax_rate": "19",
+    }
+    openai_server.script(invoice_reply(line_items=[line, {**line, "net_amount": "40.00"}]))
+    invoice = _extract(openai_server)
+    assert invoice is not None and invoice.needs_review
+    assert "line net amounts sum to 90.00, net total is 100.00" in invoice.review_reasons
+    openai_server.script(invoice_reply(line_items=[line, line]))
+    consistent = _extract(openai_server)
+    assert consistent is not None and not consistent.needs_review, consistent.review_reasons
+
+
+class _FakeTime(threading.Event):
+    """A clock for the rate limiter whose waits advance it instead of sleeping."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def wait(self, timeout: float | None = None) -> bool:
+        assert timeout is not None
+        self.slept.append(timeout)
+        self.now += timeout
+        return False
+
+
+def test_each_request_waits_for_the_request_budget(openai_server: OpenAIServer) -> None:
+    """requests_per_minute = 2: the third request waits half a minute (of the fake clock)."""
+    fake = _FakeTime()
+    limiter = RateLimiter(requests_per_minute=2, tokens_per_minute=0, clock=fake, cancel=fake)
+    extractor = _extractor(openai_server)
+    extractor._limiter = limiter
+    for _ in range(3):
+        assert extractor.extract(_text_pdf(INVOICE_LINES)) is not None
+    assert openai_server.calls == 3
+    assert sum(fake.slept) == pytest.approx(30, abs=0.5)
+
+
+def test_token_budget_is_settled_with_the_reported_usage(openai_server: OpenAIServer) -> None:
+    """The estimate is taken up front; the answer's usage (120 tokens) gives the rest back."""
+    fake = _FakeTime()
+    limiter = RateLimiter(requests_per_minute=0, tokens_per_minute=1600, clock=fake, cancel=fake)
+    extractor = _extractor(openai_server)
+    extractor._limiter = limiter
+    # Each request is estimated at ~1050 tokens (text + an answer's allowance): without the
+    # settlement the second would wait. 4 x 120 used leaves 1120, enough for the fifth.
+    for _ in range(5):
+        assert extractor.extract(_text_pdf(INVOICE_LINES)) is not None
+    assert fake.slept == []
+
+
+def test_a_budget_wait_past_the_deadline_fails_at_once(openai_server: OpenAIServer) -> None:
+    fake = _FakeTime()
+    limiter = RateLimiter(requests_per_minute=1, tokens_per_minute=0, clock=fake, cancel=fake)
+    extractor = _extractor(openai_server)
+    extractor._limiter = limiter
+    assert extractor.extract(_text_pdf(INVOICE_LINES)) is not None
+    with pytest.raises(OperationTimeout, match="requests_per_minute"):
+        extractor.extract(_text_pdf(INVOICE_LINES), deadline=Deadline(5))
+    assert openai_server.calls == 1 and fake.slept == []
+
+
+def test_a_request_never_outlives_the_deadline(openai_server: OpenAIServer) -> None:
+    """The per-request timeout is cut to the caller's deadline (here 0.5 s of a 5 s timeout)."""
+    openai_server.default = invoice_reply(delay=3)
+    started = time.monotonic()
+    with pytest.raises(OperationTimeout):
+        _extractor(openai_server, attempts=1).extract(
+            _text_pdf(INVOICE_LINES), deadline=Deadline(0.5)
+        )
+    assert time.monotonic() - started < 2

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 
 from invoicesync import load_settings, run
+from invoicesync.report import print_summary
 from invoicesync.store.db import Database
-from invoicesync.store.schema import Document
+from invoicesync.store.schema import Document, InvoiceRow, Run
 from tests.conftest import EXAMPLES
 from tests.helpers import exported
 from tests.openai_server import OpenAIServer, Reply, error_reply, invoice_reply
@@ -26,7 +28,7 @@ def _distinct(body: dict[str, Any]) -> Reply:
     return invoice_reply(invoice_number=hashlib.sha1(str(text).encode()).hexdigest()[:10])
 
 
-def _config(tmp_path: Path, server: OpenAIServer) -> Path:
+def _config(tmp_path: Path, server: OpenAIServer, extra: str = "") -> Path:
     config = tmp_path / "c.toml"
     config.write_text(
         f"""
@@ -42,6 +44,7 @@ base_url = "{server.url}"
 max_concurrency = 2
 [timeouts]
 openai = 5
+{extra}
 [[accounts]]
 name = "sample"
 maildir = "{EXAMPLES / "mailbox"}"
@@ -112,3 +115,117 @@ def test_a_429_storm_is_survived(openai_server: OpenAIServer, tmp_path: Path) ->
     result = run(load_settings(_config(tmp_path, openai_server)))
     assert result.exit_code == 0
     assert result.accounts[0].invoices >= MODEL_PDFS - 1
+
+
+def _db(tmp_path: Path) -> Database:
+    return Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+
+
+def _forget_model_invoices(tmp_path: Path) -> int:
+    """The state a crash leaves between the model's answer and the invoice's commit."""
+    database = _db(tmp_path)
+    with database.transaction() as session:
+        rows = session.execute(
+            select(InvoiceRow.id, InvoiceRow.document_id).where(InvoiceRow.extractor == "openai")
+        ).all()
+        documents = [document for _, document in rows]
+        session.execute(delete(InvoiceRow).where(InvoiceRow.extractor == "openai"))
+        session.execute(update(Document).where(Document.id.in_(documents)).values(status="pending"))
+    database.dispose()
+    return len(documents)
+
+
+def _records(tmp_path: Path) -> list[dict[str, Any]]:
+    records = [json.loads(r) for _, r in exported(f"sqlite:///{tmp_path / 'db.sqlite'}")]
+    for record in records:
+        record.pop("created_at", None)
+    return records
+
+
+def test_summary_counts_calls_tokens_and_cost_and_each_invoice_keeps_its_tokens(
+    openai_server: OpenAIServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    openai_server.default = _distinct
+    config = _config(
+        tmp_path, openai_server, '[openai.prices]\n"gpt-4o-mini" = {input = 2, output = 10}'
+    )
+    result = run(load_settings(config))
+    assert result.exit_code == 0
+    usage = result.model
+    assert usage is not None and usage.model == "gpt-4o-mini"
+    # The loopback server reports 100 prompt and 20 completion tokens per answer.
+    assert (usage.calls, usage.cache_hits) == (MODEL_PDFS, 0)
+    assert (usage.prompt_tokens, usage.completion_tokens) == (100 * MODEL_PDFS, 20 * MODEL_PDFS)
+    assert usage.cost_usd == pytest.approx((100 * 2 + 20 * 10) * MODEL_PDFS / 1e6)
+    print_summary(result)
+    assert (
+        f"model gpt-4o-mini: {MODEL_PDFS} call(s), 0 cache hit(s), {100 * MODEL_PDFS} prompt"
+        f" + {20 * MODEL_PDFS} completion tokens, estimated cost ~$0.0028"
+    ) in " ".join(capsys.readouterr().out.split())
+    database = _db(tmp_path)
+    with database.session() as session:
+        tokens = session.execute(
+            select(InvoiceRow.extractor, InvoiceRow.prompt_tokens, InvoiceRow.completion_tokens)
+        ).all()
+        [counts] = session.scalars(select(Run.counts).where(Run.id == result.run_id)).all()
+    database.dispose()
+    assert sorted({tuple(t) for t in tokens}) == [("einvoice", None, None), ("openai", 100, 20)]
+    assert counts["model"]["calls"] == MODEL_PDFS
+    assert counts["model"]["cost_usd"] == pytest.approx(usage.cost_usd)
+
+
+def test_a_crash_after_the_answers_costs_no_second_call(
+    openai_server: OpenAIServer, tmp_path: Path
+) -> None:
+    """Readings are cached as they arrive: the next run answers from the cache, same records."""
+    openai_server.default = _distinct
+    config = _config(tmp_path, openai_server)
+    assert run(load_settings(config)).exit_code == 0
+    before = _records(tmp_path)
+    assert _forget_model_invoices(tmp_path) == MODEL_PDFS
+    again = run(load_settings(config))
+    assert again.exit_code == 0 and openai_server.calls == MODEL_PDFS
+    assert again.model is not None
+    assert (again.model.calls, again.model.cache_hits, again.model.prompt_tokens) == (
+        0,
+        MODEL_PDFS,
+        0,
+    )
+    assert _records(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "cache", ["[cache]\nenabled = false", "[cache]\nttl_hours = 0.0000001"], ids=["off", "expired"]
+)
+def test_without_a_valid_cache_entry_the_model_is_asked_again(
+    openai_server: OpenAIServer, tmp_path: Path, cache: str
+) -> None:
+    openai_server.default = _distinct
+    config = _config(tmp_path, openai_server, cache)
+    assert run(load_settings(config)).exit_code == 0
+    _forget_model_invoices(tmp_path)
+    again = run(load_settings(config))
+    assert again.exit_code == 0 and openai_server.calls == 2 * MODEL_PDFS
+    assert again.model is not None and again.model.cache_hits == 0
+
+
+def test_a_failing_endpoint_opens_its_breaker_and_the_rest_waits_for_the_next_run(
+    openai_server: OpenAIServer, tmp_path: Path
+) -> None:
+    """5xx on every request: 3 documents × 2 attempts, then the breaker; nothing lost."""
+    openai_server.default = error_reply(500, "upstream failed")
+    config = _config(tmp_path, openai_server, "[breaker]\nthreshold = 3")
+    config.write_text(
+        config.read_text(encoding="utf-8").replace("time_scale = 0", "time_scale = 0\nopenai = 2"),
+        encoding="utf-8",
+    )
+    down = run(load_settings(config))
+    [summary] = down.accounts
+    assert down.exit_code == 1 and summary.status == "partial"
+    assert openai_server.calls == 3 * 2
+    assert (summary.retry_later, summary.left_pending) == (3, MODEL_PDFS - 3)
+    assert "circuit open for openai http://127.0.0.1" in (summary.error or "")
+    openai_server.default = _distinct
+    healed = run(load_settings(config))
+    assert healed.exit_code == 0 and openai_server.calls == 3 * 2 + MODEL_PDFS
+    assert sum(r["provenance"]["extractor"] == "openai" for r in _records(tmp_path)) == MODEL_PDFS

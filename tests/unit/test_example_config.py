@@ -6,7 +6,7 @@ import tomllib
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from invoicesync.config import Settings, load_settings
 from tests.conftest import ROOT
@@ -49,6 +49,9 @@ def test_example_documents_every_section_key_with_its_default() -> None:
             assert f"{name} =" in EXAMPLE.read_text(encoding="utf-8"), key
             continue
         assert name in table, f"{key} is not documented in the example"
+        if isinstance(value, dict):  # e.g. [openai] prices: a table of models
+            assert table[name] == TypeAdapter(type(value)).dump_python(value), key
+            continue
         assert str(table[name]) == str(value) or float(table[name]) == float(value), key
 
 
