@@ -14,6 +14,7 @@ says which limit or parameter), with anything shaped like an API key
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import re
 import threading
@@ -30,6 +31,7 @@ from invoicesync.errors import (
     BadDocumentError,
     BadInputError,
     ConfigError,
+    FatalError,
     InvoiceSyncError,
     NetworkError,
     OperationTimeout,
@@ -134,6 +136,9 @@ class OpenAIExtractor:
         self._limiter = limiter
         self._breaker = breakers.for_endpoint(f"openai {self.endpoint}") if breakers else None
         self._lock = threading.Lock()
+        self._first = threading.Lock()
+        self._proven = False
+        self._refused: FatalError | None = None
         self.calls = 0
         self.prompt_tokens = 0
         self.completion_tokens = 0
@@ -247,22 +252,34 @@ class OpenAIExtractor:
         deadline: Deadline,
     ) -> LlmInvoice:
         """One request; the answer parsed, or ``_SchemaMismatch``."""
+        self._raise_if_refused()
         if self._limiter is not None:
             self._limiter.acquire(estimate, deadline=deadline)
-        with self._slots or contextlib.nullcontext():
+        # Until one answer has proven the key, model and quota, requests go one at a
+        # time: a revoked key costs one refused request, not max_concurrency of them.
+        gate = contextlib.nullcontext() if self._proven else self._first
+        with gate, self._slots or contextlib.nullcontext():
+            self._raise_if_refused()
             timeout = min(self.timeout, deadline.remaining())
             if timeout <= 0:
                 raise OperationTimeout(f"openai {self.model}: no time left", stage=_STAGE)
             with self._lock:
                 self.calls += 1
             reading.calls += 1
+            try:
+                with translate_openai_errors(model=self.model, endpoint=self._endpoint):
+                    raw = self._client.chat.completions.with_raw_response.parse(
+                        model=self.model,
+                        messages=cast("list[ChatCompletionMessageParam]", conversation),
+                        response_format=LlmInvoice,
+                        timeout=timeout,
+                    )
+            except FatalError as exc:
+                if not isinstance(exc, BadInputError):  # the endpoint, not this document
+                    self._refused = exc
+                raise
+            self._proven = True
             with translate_openai_errors(model=self.model, endpoint=self._endpoint):
-                raw = self._client.chat.completions.with_raw_response.parse(
-                    model=self.model,
-                    messages=cast("list[ChatCompletionMessageParam]", conversation),
-                    response_format=LlmInvoice,
-                    timeout=timeout,
-                )
                 used = self._count_tokens(raw.http_response, reading)
                 if self._limiter is not None:
                     self._limiter.settle(estimate, used if used is not None else estimate)
@@ -281,6 +298,11 @@ class OpenAIExtractor:
         if message.parsed is None:
             raise _SchemaMismatch("the answer is empty")
         return message.parsed
+
+    def _raise_if_refused(self) -> None:
+        """After a refused key, quota or model: fail without sending anything."""
+        if self._refused is not None:
+            raise copy.copy(self._refused)
 
     def _count_tokens(self, response: Any, reading: Reading) -> int | None:
         """Add the answer's usage to the counters; the total, None when not reported."""

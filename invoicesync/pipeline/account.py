@@ -11,6 +11,8 @@ a stop always falls between two commits.
 from __future__ import annotations
 
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -315,9 +317,34 @@ class AccountJob:
     ) -> None:
         with self.db.session() as session:
             pending = repo.workable_documents(session, account_id)
-        for document in pending:
+        # A model answer takes seconds: documents go to it side by side, up to its
+        # max_concurrency. Local extractors are quick and run one after another.
+        workers = self.settings.openai.max_concurrency if self.extractors.uses_model else 1
+        if workers <= 1 or len(pending) <= 1:
+            for document in pending:
+                self._check(deadline, lease)
+                self._extract_one(document, summary)
+            return
+        merge = threading.Lock()
+
+        def one(document: Document) -> None:
             self._check(deadline, lease)
-            self._extract_one(document, summary)
+            mine = AccountSummary(summary.account)
+            try:
+                self._extract_one(document, mine)
+            finally:
+                with merge:
+                    summary.merge(mine)
+
+        with ThreadPoolExecutor(workers, thread_name_prefix="extract") as pool:
+            futures = [pool.submit(one, document) for document in pending]
+            try:
+                for future in futures:
+                    future.result()  # the first stop (deadline, lease, abort) ends the rest
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
 
     def _extract_one(self, document: Document, summary: AccountSummary) -> None:
         # Once the model endpoint refused us, only extractors without it run this time.

@@ -24,6 +24,29 @@ class AccountSummary:
     transfer: dict[str, int] = field(default_factory=dict)  # IMAP pool and fetch counters
     error: str | None = None
 
+    def merge(self, other: AccountSummary) -> None:
+        """Add ``other``'s counts (one worker's share); its status wins if it is worse."""
+        for name in _COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        if _SEVERITY.get(other.status, 0) > _SEVERITY.get(self.status, 0):
+            self.status, self.error = other.status, other.error or self.error
+        self.error = self.error or other.error
+
+
+_SEVERITY = {"ok": 0, "partial": 1, "fatal": 2, "needs_reconnect": 2, "deadline": 3}
+_COUNTS = (
+    "seen",
+    "new_messages",
+    "documents",
+    "invoices",
+    "duplicates",
+    "needs_review",
+    "failed",
+    "retry_later",
+    "left_pending",
+    "post_actions",
+)
+
 
 @dataclass
 class ModelUsage:

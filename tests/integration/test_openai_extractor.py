@@ -8,6 +8,7 @@ import json
 import logging
 import threading
 import time
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from invoicesync.errors import (
     AuthError,
     BadDocumentError,
     BadInputError,
+    FatalError,
     OperationTimeout,
     QuotaError,
     ServerError,
@@ -242,10 +244,11 @@ def test_insufficient_quota_is_quota_error_after_one_call(openai_server: OpenAIS
 
 
 def test_concurrent_extractions_are_not_serialised(openai_server: OpenAIServer) -> None:
-    """Four threads sharing one extractor have four requests in flight at once."""
+    """Once one answer has come back, four threads have four requests in flight at once."""
     openai_server.default = invoice_reply(delay=0.2)
     extractor = _extractor(openai_server)
     data = _text_pdf(INVOICE_LINES)
+    assert extractor.extract(data) is not None
     results: list[Invoice | None] = []
     barrier = threading.Barrier(4)
 
@@ -260,7 +263,7 @@ def test_concurrent_extractions_are_not_serialised(openai_server: OpenAIServer) 
         thread.join(10)
     assert len(results) == 4 and all(r is not None for r in results)
     assert openai_server.max_in_flight == 4
-    assert (extractor.calls, extractor.prompt_tokens) == (4, 400)
+    assert (extractor.calls, extractor.prompt_tokens) == (5, 500)
 
 
 def _file_part(request: dict[str, Any]) -> bytes:
@@ -429,3 +432,47 @@ def test_a_request_never_outlives_the_deadline(openai_server: OpenAIServer) -> N
             _text_pdf(INVOICE_LINES), deadline=Deadline(0.5)
         )
     assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        error_reply(401, "Incorrect API key provided"),
+        error_reply(429, "quota", code="insufficient_quota"),
+        error_reply(404, "model not found", code="model_not_found"),
+    ],
+    ids=["401", "quota", "404"],
+)
+def test_a_refused_endpoint_gets_one_request_however_many_threads(
+    openai_server: OpenAIServer, refusal: Any
+) -> None:
+    """The first request goes alone; after its refusal nobody sends anything."""
+    openai_server.default = replace(refusal, delay=0.2)
+    extractor = _extractor(openai_server)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def work() -> None:
+        barrier.wait()
+        try:
+            extractor.extract(_text_pdf(INVOICE_LINES))
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert openai_server.calls == 1
+    assert len(errors) == 4 and len({type(e) for e in errors}) == 1
+    assert all(isinstance(e, FatalError) and not isinstance(e, BadInputError) for e in errors)
+
+
+def test_a_bad_document_does_not_refuse_the_endpoint(openai_server: OpenAIServer) -> None:
+    openai_server.script(error_reply(400, "bad request"))
+    extractor = _extractor(openai_server)
+    with pytest.raises(BadInputError):
+        extractor.extract(_text_pdf(INVOICE_LINES))
+    assert extractor.extract(_text_pdf(INVOICE_LINES)) is not None
+    assert openai_server.calls == 2

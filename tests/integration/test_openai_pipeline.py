@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -102,19 +105,24 @@ def test_401_stops_calling_the_endpoint_and_the_next_run_completes(
 
 
 def test_a_429_storm_is_survived(openai_server: OpenAIServer, tmp_path: Path) -> None:
-    """Every other answer a 429 with Retry-After: all invoices arrive, exit 0."""
-    openai_server.default = _distinct
-    openai_server.script(
-        *[
-            error_reply(429, "Rate limit reached", headers={"Retry-After": "1"})
-            if i % 2 == 0
-            else _distinct
-            for i in range(2 * MODEL_PDFS)
-        ]
-    )
+    """Each document's first two requests get a 429 with Retry-After: all arrive, exit 0."""
+    refused: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def storm(body: dict[str, Any]) -> Reply:
+        text = str(body["messages"][-1]["content"])
+        with lock:
+            refused[text] = refused.get(text, 0) + 1
+            if refused[text] <= 2:
+                return error_reply(429, "Rate limit reached", headers={"Retry-After": "1"})
+        return _distinct(body)
+
+    openai_server.default = storm
     result = run(load_settings(_config(tmp_path, openai_server)))
-    assert result.exit_code == 0
-    assert result.accounts[0].invoices >= MODEL_PDFS - 1
+    assert result.exit_code == 0, result.accounts
+    assert openai_server.calls == 3 * MODEL_PDFS
+    assert result.accounts[0].failed == 4  # the sample's decoys only
+    assert sum(r["provenance"]["extractor"] == "openai" for r in _records(tmp_path)) == MODEL_PDFS
 
 
 def _db(tmp_path: Path) -> Database:
@@ -229,3 +237,23 @@ def test_a_failing_endpoint_opens_its_breaker_and_the_rest_waits_for_the_next_ru
     healed = run(load_settings(config))
     assert healed.exit_code == 0 and openai_server.calls == 3 * 2 + MODEL_PDFS
     assert sum(r["provenance"]["extractor"] == "openai" for r in _records(tmp_path)) == MODEL_PDFS
+
+
+def test_an_account_reads_its_documents_side_by_side_up_to_max_concurrency(
+    openai_server: OpenAIServer, tmp_path: Path
+) -> None:
+    """One account, slow answers: exactly max_concurrency requests in flight, all stored once."""
+    openai_server.default = lambda body: replace(_distinct(body), delay=0.3)
+    config = _config(tmp_path, openai_server)
+    config.write_text(
+        config.read_text(encoding="utf-8").replace("max_concurrency = 2", "max_concurrency = 3"),
+        encoding="utf-8",
+    )
+    started = time.monotonic()
+    result = run(load_settings(config))
+    elapsed = time.monotonic() - started
+    assert result.exit_code == 0 and openai_server.calls == MODEL_PDFS
+    assert openai_server.max_in_flight == 3
+    [summary] = result.accounts
+    assert summary.invoices + summary.duplicates == len(_records(tmp_path)) == 9 + MODEL_PDFS
+    assert elapsed < MODEL_PDFS * 0.3  # sequential would take at least 2.1 s of answers
