@@ -15,10 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from invoicesync import logs
 from invoicesync.config import Settings, config_path, load_settings
 from invoicesync.errors import ConfigError, FatalError, InvoiceSyncError, RunAborted
 
 if TYPE_CHECKING:
+    from invoicesync.resilience.watchdog import StopSwitch
     from invoicesync.store.db import Database
 
 __all__ = ["main", "run_cli"]
@@ -40,9 +42,24 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="TOML file (default: $INVOICESYNC_CONFIG, else config/invoicesync.toml)",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)"
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="errors only: no progress, no summary"
+    )
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], help="log lines as text or JSON ([logging])"
+    )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     commands.add_parser("run", help="process every account once")
+    schedule = commands.add_parser("schedule", help="run a cycle every so often until stopped")
+    schedule.add_argument(
+        "--every", metavar="INTERVAL", help="between cycle starts: 90s, 30m, 1h ([schedule])"
+    )
+    schedule.add_argument(
+        "--once", action="store_true", help="one cycle, then exit with its code (cron)"
+    )
     commands.add_parser("status", help="accounts, recent runs, pending and failed items")
     retry = commands.add_parser("retry", help="make failed items pending again")
     which = retry.add_mutually_exclusive_group(required=True)
@@ -72,13 +89,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def run_cli(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(fmt=args.log_format or "text", level=_level(args, "WARNING"))
     try:
         settings = load_settings(config_path(args.config, os.environ))
+        logs.register_settings_secrets(settings)
+        logs.configure(
+            fmt=args.log_format or settings.logging.format,
+            level=_level(args, settings.logging.level),
+        )
         return _dispatch(args, settings)
     except ConfigError as exc:
         print(f"invoicesync: config error: {exc}", file=sys.stderr)
@@ -94,9 +112,20 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         return EXIT_PENDING
 
 
+def _level(args: argparse.Namespace, configured: str) -> int:
+    """-q and -v win over the configured level."""
+    if args.quiet:
+        return logging.ERROR
+    if args.verbose:
+        return logging.DEBUG if args.verbose > 1 else logging.INFO
+    return logging.getLevelName(configured)  # type: ignore[no-any-return]
+
+
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "run":
-        return _run(settings)
+        return _run(settings, quiet=args.quiet)
+    if args.command == "schedule":
+        return _schedule(settings, every=args.every, once=args.once, quiet=args.quiet)
     from invoicesync.store.db import Database
 
     database = Database(settings.database.url)
@@ -117,15 +146,39 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         database.dispose()
 
 
-def _run(settings: Settings) -> int:
-    """One run under the watchdog, with SIGTERM/SIGINT handled between items."""
+def _schedule(settings: Settings, *, every: str | None, once: bool, quiet: bool) -> int:
+    from invoicesync.config import parse_interval
+    from invoicesync.schedule import Scheduler
+
+    try:
+        interval = parse_interval(every or settings.schedule.every)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key="schedule.every") from None
+    scheduler = Scheduler(
+        lambda switch: _run(settings, switch=switch, quiet=quiet),
+        every=interval,
+        jitter=settings.schedule.jitter,
+    )
+    scheduler.install_signal_handlers()
+    log.info("scheduler started: a cycle every %gs", interval)
+    code = scheduler.loop(once=once)
+    log.info("scheduler stopped after %d cycle(s)", scheduler.cycles)
+    return code
+
+
+def _run(settings: Settings, *, switch: StopSwitch | None = None, quiet: bool = False) -> int:
+    """One run under the watchdog, with SIGTERM/SIGINT handled between items.
+
+    With ``switch`` (a scheduler's cycle) the caller owns the signal handlers.
+    """
     from invoicesync.pipeline.runner import Runner
     from invoicesync.report import print_summary
     from invoicesync.resilience.watchdog import StopSwitch, Watchdog
     from invoicesync.store.db import Database
 
-    switch = StopSwitch()
-    switch.install_signal_handlers()
+    if switch is None:
+        switch = StopSwitch()
+        switch.install_signal_handlers()
     runner: Runner | None = None
 
     def record_abort() -> None:
@@ -142,7 +195,8 @@ def _run(settings: Settings) -> int:
         database.upgrade()
         runner = Runner(settings, database, switch=switch)
         result = runner.run()
-        print_summary(result)
+        if not quiet:
+            print_summary(result)
         return result.exit_code
     except InvoiceSyncError:
         if switch.tripped is None:

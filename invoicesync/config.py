@@ -44,16 +44,20 @@ __all__ = [
     "ImapPoolSettings",
     "LeaseSettings",
     "LinkSettings",
+    "LoggingSettings",
+    "MetricsSettings",
     "ModelPrice",
     "OAuth2Settings",
     "OpenAISettings",
     "RetrySettings",
     "RunSettings",
+    "ScheduleSettings",
     "SearchSettings",
     "Settings",
     "StorageSettings",
     "TimeoutSettings",
     "load_settings",
+    "parse_interval",
     "resolve_secret",
 ]
 
@@ -308,6 +312,60 @@ class AccountSettings(_Section):
         return self.imap_port or (993 if self.security == "ssl" else 143)
 
 
+class LoggingSettings(_Section):
+    """``[logging]``: where runs tell what they do (stderr)."""
+
+    format: Literal["text", "json"] = "text"
+    """text for people, json for log collectors (one object per line); --log-format wins."""
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    """-v / -vv / --quiet on the command line win."""
+
+
+class ScheduleSettings(_Section):
+    """``[schedule]``: ``invoicesync schedule`` runs a cycle every so often."""
+
+    every: str = "30m"
+    """Interval between cycle starts: 90s, 30m, 1h, 1h30m (--every wins)."""
+    jitter: float = Field(default=0.1, ge=0, le=1)
+    """Up to this fraction of the interval added at random, so replicas don't start in step."""
+
+    @field_validator("every")
+    @classmethod
+    def _interval(cls, value: str) -> str:
+        parse_interval(value)
+        return value
+
+
+_INTERVAL = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
+
+
+def parse_interval(text: str) -> float:
+    """Seconds in ``90s``, ``30m``, ``1h``, ``1h30m`` or a bare number of seconds."""
+    match = _INTERVAL.fullmatch(text.strip().lower())
+    if not text.strip() or match is None or not any(match.groups()):
+        raise ValueError(f"{text!r} is not an interval like 90s, 30m, 1h or 1h30m")
+    hours, minutes, seconds = (float(part or 0) for part in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if total <= 0:
+        raise ValueError(f"{text!r}: the interval must be positive")
+    return total
+
+
+class MetricsSettings(_Section):
+    """``[metrics]``: Prometheus metrics after each run (see README, Metrics)."""
+
+    textfile: Path | None = None
+    """Write them here after each run, for node_exporter's textfile collector."""
+    pushgateway: str = ""
+    """Push them here after each run, e.g. http://pushgateway:9091 (batch jobs)."""
+    job: str = "invoicesync"
+    """The Pushgateway job label."""
+    port: int = Field(default=0, ge=0, lt=65536)
+    """invoicesync schedule serves /metrics on this port; 0 = off."""
+    address: str = "127.0.0.1"
+    """The /metrics listen address (0.0.0.0 in a container)."""
+
+
 class ImapPoolSettings(_Section):
     max_connections: int = Field(default=5, ge=1)
     """Connections per account."""
@@ -339,6 +397,9 @@ class Settings(BaseSettings):
     openai: OpenAISettings = OpenAISettings()
     cache: CacheSettings = CacheSettings()
     imap_pool: ImapPoolSettings = ImapPoolSettings()
+    logging: LoggingSettings = LoggingSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
+    metrics: MetricsSettings = MetricsSettings()
     accounts: list[AccountSettings] = []
 
     @field_validator("accounts")

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.orm import Session
 
+from invoicesync import logs
 from invoicesync.config import AccountSettings
 from invoicesync.errors import (
     AuthError,
@@ -32,6 +33,7 @@ from invoicesync.errors import (
 from invoicesync.fetch.download import LinkResult, download_pdf, link_retry_policy
 from invoicesync.fetch.http import Session as HttpSession
 from invoicesync.fetch.http import make_session, redact_url
+from invoicesync.logs import log_context
 from invoicesync.mail.source import MailSource
 from invoicesync.models import MailRef, ParsedMail
 from invoicesync.pipeline import stages
@@ -137,6 +139,7 @@ class AccountJob:
         except InvoiceSyncError as exc:  # e.g. bad credentials (fatal), server down (transient)
             summary.status = "fatal" if isinstance(exc, FatalError) else "partial"
             summary.error = str(exc)
+            summary.count_failure(exc.stage or "open", exc.kind)
             log.error("account=%s stage=open error=%s", account.name, exc)
             return
         # The watchdog drops connections at once (abort); a normal end logs out (close).
@@ -153,6 +156,7 @@ class AccountJob:
             self.switch.raise_if_tripped()  # a connection closed by the watchdog fails here
             summary.status = "fatal" if isinstance(exc, FatalError) else "partial"
             summary.error = str(exc)
+            summary.count_failure(exc.stage or "account", exc.kind)
             if isinstance(exc, AuthError) and account.oauth2 is not None:
                 # A revoked grant: only a person can fix it. Say so until they do.
                 summary.status = "needs_reconnect"
@@ -215,6 +219,12 @@ class AccountJob:
 
     def _post_actions(self, source: MailSource, account_id: int, summary: AccountSummary) -> None:
         """after_ingest for mails whose documents are all extracted and committed."""
+        with log_context(stage="post_action", message_key=None, document=None):
+            self._apply_post_actions(source, account_id, summary)
+
+    def _apply_post_actions(
+        self, source: MailSource, account_id: int, summary: AccountSummary
+    ) -> None:
         with self.db.session() as session:
             ready = sync.awaiting_post_action(session, account_id)
         for (folder, uidvalidity), uids in ready.items():
@@ -242,6 +252,12 @@ class AccountJob:
             summary.post_actions += len(uids)
 
     def _ingest_one(
+        self, source: MailSource, account_id: int, ref: MailRef, summary: AccountSummary
+    ) -> None:
+        with log_context(stage="ingest", message_key=ref.key, document=None):
+            self._ingest(source, account_id, ref, summary)
+
+    def _ingest(
         self, source: MailSource, account_id: int, ref: MailRef, summary: AccountSummary
     ) -> None:
         try:
@@ -307,6 +323,7 @@ class AccountJob:
 
         status = self._tx(record)
         summary.failed += 1
+        summary.count_failure("ingest", exc.kind)
         summary.retry_later += status == Status.FAILED_TRANSIENT
         log.warning("account=%s key=%s stage=ingest %s", ref.account, ref.key[:12], reason)
 
@@ -327,14 +344,17 @@ class AccountJob:
             return
         merge = threading.Lock()
 
+        context = logs.current_context()
+
         def one(document: Document) -> None:
-            self._check(deadline, lease)
-            mine = AccountSummary(summary.account)
-            try:
-                self._extract_one(document, mine)
-            finally:
-                with merge:
-                    summary.merge(mine)
+            with log_context(**context):  # pool threads start with an empty context
+                self._check(deadline, lease)
+                mine = AccountSummary(summary.account)
+                try:
+                    self._extract_one(document, mine)
+                finally:
+                    with merge:
+                        summary.merge(mine)
 
         with ThreadPoolExecutor(workers, thread_name_prefix="extract") as pool:
             futures = [pool.submit(one, document) for document in pending]
@@ -347,6 +367,10 @@ class AccountJob:
                 raise
 
     def _extract_one(self, document: Document, summary: AccountSummary) -> None:
+        with log_context(stage="extract", message_key=None, document=document.sha256[:12]):
+            self._extract(document, summary)
+
+    def _extract(self, document: Document, summary: AccountSummary) -> None:
         # Once the model endpoint refused us, only extractors without it run this time.
         without_model = bool(self.model_down) and self.extractors.uses_model
         try:
@@ -369,6 +393,7 @@ class AccountJob:
             # (every account); its documents stay pending, untouched, for a later run.
             self.model_down.append(str(exc))
             summary.status, summary.error = "fatal", f"model endpoint: {exc}"
+            summary.count_failure("extract", exc.kind)
             summary.left_pending += 1
             log.error("document=%s stage=extract fatal: %s", document.sha256[:12], exc)
             return
@@ -405,5 +430,6 @@ class AccountJob:
             )
         )
         summary.failed += 1
+        summary.count_failure("extract", kind)
         summary.retry_later += status == Status.FAILED_TRANSIENT
         log.warning("document=%s stage=extract %s", document.sha256[:12], reason)

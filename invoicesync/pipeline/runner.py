@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from invoicesync.config import AccountSettings, Settings
 from invoicesync.errors import RunAborted, TransientError
 from invoicesync.extract.select import ExtractorSelection
+from invoicesync.logs import log_context
 from invoicesync.mail.source import MailSource
 from invoicesync.pipeline.account import AccountJob
 from invoicesync.pipeline.lease_keeper import LeaseKeeper
@@ -76,6 +77,11 @@ class Runner:
     def run(self) -> RunResult:
         host = socket.gethostname()
         self.run_id = run_id = self.tx(lambda s: self._start(s, host))
+        with log_context(run_id=run_id):
+            log.info("run %d started on %s", run_id, host)
+            return self._run(run_id)
+
+    def _run(self, run_id: int) -> RunResult:
         result = RunResult(run_id=run_id, status="running")
         try:
             if self.cache is not None and self.extractors.uses_model:
@@ -165,6 +171,11 @@ class Runner:
         return self._store_retry.call(attempt, deadline=self.deadline)
 
     def _run_account(self, account: AccountSettings, summary: AccountSummary) -> None:
+        with log_context(run_id=self.run_id, account=account.name):
+            self._work_account(account, summary)
+        log.info("account=%s finished: %s", account.name, summary.status)
+
+    def _work_account(self, account: AccountSettings, summary: AccountSummary) -> None:
         assert self.run_id is not None
         account_id = self.tx(lambda s: repo.account_id(s, account.name))
         lease = LeaseKeeper(

@@ -22,12 +22,20 @@ class AccountSummary:
     left_pending: int = 0  # not tried: an endpoint's circuit breaker was open
     post_actions: int = 0  # mails flagged / moved / labelled after their work was committed
     transfer: dict[str, int] = field(default_factory=dict)  # IMAP pool and fetch counters
+    #: Failures by "stage/kind" (e.g. "extract/rate_limited"), for metrics.
+    failures: dict[str, int] = field(default_factory=dict)
     error: str | None = None
+
+    def count_failure(self, stage: str, kind: str) -> None:
+        key = f"{stage}/{kind}"
+        self.failures[key] = self.failures.get(key, 0) + 1
 
     def merge(self, other: AccountSummary) -> None:
         """Add ``other``'s counts (one worker's share); its status wins if it is worse."""
         for name in _COUNTS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        for key, count in other.failures.items():
+            self.failures[key] = self.failures.get(key, 0) + count
         if _SEVERITY.get(other.status, 0) > _SEVERITY.get(self.status, 0):
             self.status, self.error = other.status, other.error or self.error
         self.error = self.error or other.error

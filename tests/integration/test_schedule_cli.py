@@ -1,0 +1,136 @@
+"""``invoicesync schedule`` as a process: cycles until SIGTERM, a clean stop in or between them."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+
+from invoicesync.store.db import Database
+from invoicesync.store.schema import Run
+from tests.conftest import EXAMPLES, write_config
+from tests.helpers import cli, consistency_problems, exported, start_cli
+from tests.openai_server import OpenAIServer, invoice_reply
+
+
+def _runs(db_url: str) -> list[str]:
+    database = Database(db_url)
+    try:
+        with database.session() as session:
+            return list(session.scalars(select(Run.status).order_by(Run.id)))
+    except OperationalError:  # the first cycle has not created the tables yet
+        return []
+    finally:
+        database.dispose()
+
+
+def _wait_for(condition: object, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(condition) and condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def _stop(process: subprocess.Popen[str], *, within: float) -> tuple[int, str, str]:
+    process.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    out, err = process.communicate(timeout=within + 10)
+    assert time.monotonic() - started < within, "did not stop in time"
+    return process.returncode, out, err
+
+
+def test_cycles_every_interval_until_sigterm(tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    config = write_config(
+        tmp_path / "c.toml",
+        db_url=db_url,
+        storage=tmp_path / "docs",
+        maildir=EXAMPLES / "mailbox",
+        extra="[schedule]\njitter = 0",
+    )
+    process = start_cli("--config", str(config), "schedule", "--every", "2s", cwd=tmp_path)
+    try:
+        _wait_for(lambda: len(_runs(db_url)) >= 3, timeout=30)
+    finally:
+        code, out, err = _stop(process, within=5)
+    assert code == 0, err
+    statuses = _runs(db_url)
+    assert len(statuses) >= 3 and set(statuses) == {"ok"}, statuses  # none left "running"
+    assert out.count("run ") >= 3  # a summary per cycle
+    assert len([p for p in exported(db_url) if '"duplicate_of": null' in p[1]]) == 13
+    assert consistency_problems(db_url, tmp_path / "docs") == []
+
+
+def test_once_exits_with_the_cycle_code(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "c.toml",
+        db_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
+        storage=tmp_path / "docs",
+        maildir=EXAMPLES / "mailbox",
+    )
+    done = cli("--config", str(config), "--quiet", "schedule", "--once", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""  # --quiet: no summary
+
+
+def test_a_bad_interval_is_a_config_error(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "c.toml",
+        db_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
+        storage=tmp_path / "docs",
+        maildir=EXAMPLES / "mailbox",
+    )
+    done = cli("--config", str(config), "schedule", "--every", "often", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "schedule.every" in done.stderr
+
+
+@pytest.fixture
+def slow_model(openai_server: OpenAIServer, monkeypatch: pytest.MonkeyPatch) -> OpenAIServer:
+    """A model that takes 1 s per answer: a cycle over the sample lasts several seconds."""
+    monkeypatch.setenv("TEST_OPENAI_KEY", "sk-test-schedule-0123456789")
+    openai_server.default = invoice_reply(delay=1.0)
+    return openai_server
+
+
+def test_sigterm_within_a_cycle_stops_after_the_current_item(
+    tmp_path: Path, slow_model: OpenAIServer
+) -> None:
+    """The cycle ends gracefully (run 'interrupted'), the loop ends, a later run completes."""
+    db_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    extra = (
+        f'[openai]\napi_key_env = "TEST_OPENAI_KEY"\nbase_url = "{slow_model.url}"\n'
+        "max_concurrency = 1"
+    )
+    config = write_config(
+        tmp_path / "c.toml",
+        db_url=db_url,
+        storage=tmp_path / "docs",
+        maildir=EXAMPLES / "mailbox",
+        extra=extra,
+    )
+    process = start_cli("--config", str(config), "schedule", "--every", "1h", cwd=tmp_path)
+    try:
+        _wait_for(lambda: slow_model.calls >= 1, timeout=30)
+        # Meanwhile a second process finds the account claimed and says so.
+        other = cli("--config", str(config), "run", cwd=tmp_path)
+        assert other.returncode == 0, other.stderr
+        assert "skipped" in other.stdout and "another run is working this account" in other.stdout
+    finally:
+        code, _, err = _stop(process, within=5)
+    assert code == 0, err
+    assert slow_model.calls < 7  # it did not go on with the rest of the documents
+    statuses = _runs(db_url)
+    assert statuses[0] == "interrupted", statuses
+    assert consistency_problems(db_url, tmp_path / "docs") == []
+    slow_model.default = invoice_reply()
+    done = cli("--config", str(config), "run", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert consistency_problems(db_url, tmp_path / "docs") == []
