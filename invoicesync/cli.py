@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING
 from invoicesync import logs
 from invoicesync.config import Settings, config_path, load_settings
 from invoicesync.errors import ConfigError, FatalError, InvoiceSyncError, RunAborted
+from invoicesync.metrics import RunMetrics
+from invoicesync.pipeline.summary import RunResult
 
 if TYPE_CHECKING:
     from invoicesync.resilience.watchdog import StopSwitch
@@ -112,6 +115,12 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         return EXIT_PENDING
 
 
+def _exit_code(exc: InvoiceSyncError) -> int:
+    if isinstance(exc, ConfigError):
+        return EXIT_USAGE
+    return EXIT_FATAL if isinstance(exc, FatalError) else EXIT_PENDING
+
+
 def _level(args: argparse.Namespace, configured: str) -> int:
     """-q and -v win over the configured level."""
     if args.quiet:
@@ -154,22 +163,38 @@ def _schedule(settings: Settings, *, every: str | None, once: bool, quiet: bool)
         interval = parse_interval(every or settings.schedule.every)
     except ValueError as exc:
         raise ConfigError(str(exc), key="schedule.every") from None
+    metrics = RunMetrics()
     scheduler = Scheduler(
-        lambda switch: _run(settings, switch=switch, quiet=quiet),
+        lambda switch: _run(settings, switch=switch, quiet=quiet, metrics=metrics),
         every=interval,
         jitter=settings.schedule.jitter,
     )
     scheduler.install_signal_handlers()
+    stop_serving = None
+    if settings.metrics.port:
+        stop_serving = metrics.serve(settings.metrics.port, settings.metrics.address)
+        log.info("serving /metrics on %s:%d", settings.metrics.address, settings.metrics.port)
     log.info("scheduler started: a cycle every %gs", interval)
-    code = scheduler.loop(once=once)
+    try:
+        code = scheduler.loop(once=once)
+    finally:
+        if stop_serving is not None:
+            stop_serving()
     log.info("scheduler stopped after %d cycle(s)", scheduler.cycles)
     return code
 
 
-def _run(settings: Settings, *, switch: StopSwitch | None = None, quiet: bool = False) -> int:
+def _run(
+    settings: Settings,
+    *,
+    switch: StopSwitch | None = None,
+    quiet: bool = False,
+    metrics: RunMetrics | None = None,
+) -> int:
     """One run under the watchdog, with SIGTERM/SIGINT handled between items.
 
-    With ``switch`` (a scheduler's cycle) the caller owns the signal handlers.
+    With ``switch`` (a scheduler's cycle) the caller owns the signal handlers. The
+    run's metrics go to the configured sinks whatever its outcome.
     """
     from invoicesync.pipeline.runner import Runner
     from invoicesync.report import print_summary
@@ -190,6 +215,8 @@ def _run(settings: Settings, *, switch: StopSwitch | None = None, quiet: bool = 
         switch, timeout=settings.timeouts.run, grace=settings.timeouts.grace, on_abort=record_abort
     ).start()
     database: Database | None = None
+    started = time.monotonic()
+    result = RunResult(run_id=0, status="crashed", forced_exit=EXIT_PENDING)
     try:
         database = Database(settings.database.url)
         database.upgrade()
@@ -198,15 +225,31 @@ def _run(settings: Settings, *, switch: StopSwitch | None = None, quiet: bool = 
         if not quiet:
             print_summary(result)
         return result.exit_code
-    except InvoiceSyncError:
+    except RunAborted as stop:
+        result.status, result.forced_exit = stop.status, stop.exit_code
+        raise
+    except InvoiceSyncError as exc:
         if switch.tripped is None:
+            result.status = "failed"
+            result.forced_exit = _exit_code(exc)
             raise
         # The stop caused this error (a closed connection): report the stop, not the symptom.
+        result.status, result.forced_exit = switch.tripped.status, switch.tripped.exit_code
         raise switch.tripped from None
     finally:
         watchdog.finish()
         if database is not None:
             database.dispose()
+        _publish(settings, metrics or RunMetrics(), result, time.monotonic() - started)
+
+
+def _publish(settings: Settings, metrics: RunMetrics, result: RunResult, duration: float) -> None:
+    """Record the run in ``metrics`` and send them where configured; a failed sink only warns."""
+    from invoicesync.metrics import publish
+
+    metrics.observe(result, duration=duration)
+    for warning in publish(metrics, settings.metrics, timeout=settings.metrics.timeout):
+        log.warning("metrics: %s", warning)
 
 
 def _retry(database: Database, item: str | None) -> int:

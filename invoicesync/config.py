@@ -356,10 +356,12 @@ class MetricsSettings(_Section):
 
     textfile: Path | None = None
     """Write them here after each run, for node_exporter's textfile collector."""
-    pushgateway: str = ""
-    """Push them here after each run, e.g. http://pushgateway:9091 (batch jobs)."""
-    job: str = "invoicesync"
+    pushgateway: str = Field(default="", pattern=r"^(https?://\S+)?$")
+    """Push them here after each run (replacing the job's group), e.g. http://pushgateway:9091."""
+    job: str = Field(default="invoicesync", min_length=1)
     """The Pushgateway job label."""
+    timeout: float = Field(default=10, gt=0)
+    """Seconds per socket operation when pushing."""
     port: int = Field(default=0, ge=0, lt=65536)
     """invoicesync schedule serves /metrics on this port; 0 = off."""
     address: str = "127.0.0.1"

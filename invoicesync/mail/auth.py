@@ -29,6 +29,7 @@ from pydantic import SecretStr
 
 from invoicesync.config import OAuth2Settings
 from invoicesync.errors import ServerError
+from invoicesync.logs import register_secret
 from invoicesync.mail.errors import classify_oauth_error
 from invoicesync.resilience.retry import RetryPolicy
 from invoicesync.resilience.retry_after import retry_after_from_headers
@@ -65,6 +66,7 @@ class TokenStore:
             text = self._path(account).read_text(encoding="utf-8").strip()
         except FileNotFoundError:
             return None
+        register_secret(text)
         return SecretStr(text) if text else None
 
     def save(self, account: str, token: SecretStr) -> None:
@@ -140,6 +142,7 @@ class TokenProvider:
             )
         if body is None or not isinstance(body.get("access_token"), str):
             raise ServerError("oauth token endpoint answered without an access_token", stage="auth")
+        register_secret(body["access_token"])  # never in a log line, even from a library
         self._access = SecretStr(body["access_token"])
         expires_in = body.get("expires_in")
         try:
@@ -149,6 +152,7 @@ class TokenProvider:
         self._expires_at = self._clock() + lifetime
         rotated = body.get("refresh_token")
         if isinstance(rotated, str) and rotated != self._refresh_token.get_secret_value():
+            register_secret(rotated)
             self._refresh_token = SecretStr(rotated)
             self._store.save(self.account, self._refresh_token)
 

@@ -75,10 +75,14 @@ class RunResult:
     accounts: list[AccountSummary] = field(default_factory=list)
     error: str | None = None
     model: ModelUsage | None = None
+    #: The process exit code when the run ended early (a signal, a config error …).
+    forced_exit: int | None = None
 
     @property
     def exit_code(self) -> int:
         """0 all done, 1 some items stay pending, 3 fatal, 4 aborted by a deadline."""
+        if self.forced_exit is not None:
+            return self.forced_exit
         statuses = {a.status for a in self.accounts}
         if self.status == "aborted" or "deadline" in statuses:
             return 4

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
@@ -134,3 +137,65 @@ def test_sigterm_within_a_cycle_stops_after_the_current_item(
     done = cli("--config", str(config), "run", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert consistency_problems(db_url, tmp_path / "docs") == []
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_a_run_writes_its_metrics_to_the_textfile(tmp_path: Path) -> None:
+    textfile = tmp_path / "prom" / "invoicesync.prom"
+    config = write_config(
+        tmp_path / "c.toml",
+        db_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
+        storage=tmp_path / "docs",
+        maildir=EXAMPLES / "mailbox",
+        extra=f'[metrics]\ntextfile = "{textfile}"',
+    )
+    done = cli("--config", str(config), "run", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    samples = _samples(textfile.read_text(encoding="utf-8"))
+    sample = (("account", "sample"),)
+    assert samples[("invoicesync_invoices_total", sample)] == 13
+    assert samples[("invoicesync_duplicates_total", sample)] == 1
+    assert samples[("invoicesync_runs_total", (("status", "ok"),))] == 1
+    assert samples[("invoicesync_last_run_exit_code", ())] == 0
+    assert ("invoicesync_last_success_timestamp_seconds", sample) in samples
+    failures = {k[1]: v for k, v in samples.items() if k[0] == "invoicesync_failures_total"}
+    assert sum(failures.values()) == 4  # the sample's decoys, by stage and class
+    assert failures[(("account", "sample"), ("class", "malformed_mail"), ("stage", "ingest"))] == 2
+
+
+def test_schedule_serves_metrics_that_grow_with_each_cycle(tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    port = _free_port()
+    config = write_config(
+        tmp_path / "c.toml",
+        db_url=db_url,
+        storage=tmp_path / "docs",
+        maildir=EXAMPLES / "mailbox",
+        extra=f"[schedule]\njitter = 0\n[metrics]\nport = {port}",
+    )
+    process = start_cli("--config", str(config), "schedule", "--every", "1s", cwd=tmp_path)
+    try:
+        # The third run row exists once the second cycle (and its metrics) is done.
+        _wait_for(lambda: len(_runs(db_url)) >= 3, timeout=30)
+        answer = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    finally:
+        code, _, err = _stop(process, within=5)
+    assert code == 0, err
+    samples = _samples(answer.text)
+    assert samples[("invoicesync_runs_total", (("status", "ok"),))] >= 2
+    assert samples[("invoicesync_invoices_total", (("account", "sample"),))] == 13
+    with pytest.raises(requests.ConnectionError):  # the server stopped with the scheduler
+        requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2)
