@@ -8,11 +8,12 @@ watchdog.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -96,8 +97,11 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(config_path(args.config, os.environ))
         logs.register_settings_secrets(settings)
+        if args.log_format:
+            logging_settings = settings.logging.model_copy(update={"format": args.log_format})
+            settings = settings.model_copy(update={"logging": logging_settings})
         logs.configure(
-            fmt=args.log_format or settings.logging.format,
+            fmt=settings.logging.format,
             level=_level(args, settings.logging.level),
         )
         return _dispatch(args, settings)
@@ -220,8 +224,9 @@ def _run(
     try:
         database = Database(settings.database.url)
         database.upgrade()
-        runner = Runner(settings, database, switch=switch)
-        result = runner.run()
+        with _progress(settings, quiet) as progress:
+            runner = Runner(settings, database, switch=switch, on_start=progress)
+            result = runner.run()
         if not quiet:
             print_summary(result)
         return result.exit_code
@@ -241,6 +246,18 @@ def _run(
         if database is not None:
             database.dispose()
         _publish(settings, metrics or RunMetrics(), result, time.monotonic() - started)
+
+
+@contextlib.contextmanager
+def _progress(settings: Settings, quiet: bool) -> Iterator[Callable[[RunResult], None] | None]:
+    """A live per-account view on an interactive terminal; nothing otherwise."""
+    if quiet or not sys.stderr.isatty() or settings.logging.format == "json":
+        yield None
+        return
+    from invoicesync.progress import LiveProgress
+
+    with LiveProgress() as live:
+        yield live.attach
 
 
 def _publish(settings: Settings, metrics: RunMetrics, result: RunResult, duration: float) -> None:

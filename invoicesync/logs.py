@@ -54,6 +54,8 @@ _SHAPES = [
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 " + _REDACTED),
     (re.compile(r"(?i)\b(https?://)[^/\s:@]+:[^/\s@]+@"), r"\1" + _REDACTED + "@"),
     (re.compile(r"(?i)\b(https?://[^\s?#\"'<>]+)\?[^\s\"'<>]+"), r"\1?…"),
+    # An HTTP request line as urllib3 logs it: "GET /path?query HTTP/1.1".
+    (re.compile(r"\b((?:GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS) /[^\s?]*)\?\S+"), r"\1?…"),
 ]
 # Short values (e.g. "x") would redact half of every line; such secrets are too weak
 # to matter and too common to match.

@@ -145,9 +145,12 @@ class AccountJob:
         # The watchdog drops connections at once (abort); a normal end logs out (close).
         closer = self.switch.register(getattr(source, "abort", source.close))
         try:
+            summary.phase = "scanning"
             for folder in source.folders():
                 self._ingest_folder(source, account_id, folder, summary, deadline, lease)
+            summary.phase = "extracting"
             self._extract_pending(account_id, summary, deadline, lease)
+            summary.phase = "post-actions"
             self._post_actions(source, account_id, summary)
         except AccountStopped as stop:
             summary.status, summary.error = stop.status, stop.reason

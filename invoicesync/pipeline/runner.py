@@ -50,8 +50,10 @@ class Runner:
         *,
         switch: StopSwitch | None = None,
         source_factory: Callable[[AccountSettings], MailSource] | None = None,
+        on_start: Callable[[RunResult], None] | None = None,
     ) -> None:
         self.settings = settings
+        self.on_start = on_start
         self.db = database
         self.switch = switch or StopSwitch()
         self.files = DocumentFiles(settings.storage.dir)
@@ -87,6 +89,8 @@ class Runner:
             if self.cache is not None and self.extractors.uses_model:
                 self._purge_cache()
             result.accounts = [AccountSummary(a.name) for a in self.settings.accounts]
+            if self.on_start is not None:
+                self.on_start(result)  # e.g. the progress display, which reads the summaries
             workers = max(1, min(self.settings.run.parallel_accounts, len(result.accounts)))
             # Accounts run side by side, each under its own deadline and lease; one
             # account's failure is recorded in its summary and never stops the others.
@@ -171,8 +175,12 @@ class Runner:
         return self._store_retry.call(attempt, deadline=self.deadline)
 
     def _run_account(self, account: AccountSettings, summary: AccountSummary) -> None:
-        with log_context(run_id=self.run_id, account=account.name):
-            self._work_account(account, summary)
+        summary.phase = "connecting"
+        try:
+            with log_context(run_id=self.run_id, account=account.name):
+                self._work_account(account, summary)
+        finally:
+            summary.phase = "done"
         log.info("account=%s finished: %s", account.name, summary.status)
 
     def _work_account(self, account: AccountSettings, summary: AccountSummary) -> None:

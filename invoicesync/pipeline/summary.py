@@ -25,6 +25,8 @@ class AccountSummary:
     #: Failures by "stage/kind" (e.g. "extract/rate_limited"), for metrics.
     failures: dict[str, int] = field(default_factory=dict)
     error: str | None = None
+    #: What the account is doing now, for the progress display.
+    phase: str = "waiting"  # waiting | connecting | scanning | extracting | post-actions | done
 
     def count_failure(self, stage: str, kind: str) -> None:
         key = f"{stage}/{kind}"

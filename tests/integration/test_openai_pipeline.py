@@ -6,6 +6,7 @@ import hashlib
 import json
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ def _config(tmp_path: Path, server: OpenAIServer, extra: str = "") -> Path:
     config.write_text(
         f"""
 [database]
-url = "sqlite:///{tmp_path / "db.sqlite"}"
+url = "{_url(tmp_path)}"
 [storage]
 dir = "{tmp_path / "docs"}"
 [retries]
@@ -57,6 +58,21 @@ maildir = "{EXAMPLES / "mailbox"}"
     return config
 
 
+# Every test runs on SQLite and on PostgreSQL (parallel extraction writes concurrently).
+_URLS: dict[Path, str] = {}
+
+
+@pytest.fixture(autouse=True)
+def _database(db_url: str, tmp_path: Path) -> Iterator[None]:
+    _URLS[tmp_path] = db_url
+    yield
+    del _URLS[tmp_path]
+
+
+def _url(tmp_path: Path) -> str:
+    return _URLS[tmp_path]
+
+
 @pytest.fixture(autouse=True)
 def _key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TEST_OPENAI_KEY", "sk-test-pipeline-0123456789")
@@ -72,7 +88,7 @@ def test_every_pdf_without_xml_costs_one_model_call(
     assert first.exit_code == 0, first.accounts
     assert openai_server.calls == MODEL_PDFS
     assert openai_server.max_in_flight <= 2
-    records = exported(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    records = exported(_url(tmp_path))
     extractors = [r for _, r in records]
     # The stub model calls everything an invoice, the AGB too; the rendering PDF gets its own
     # number from the stub, so it is not recognised as the XML invoice's rendering.
@@ -93,7 +109,7 @@ def test_401_stops_calling_the_endpoint_and_the_next_run_completes(
     assert refused.exit_code == 3 and summary.status == "fatal"
     assert openai_server.calls == 1
     assert "sk-test" not in (summary.error or "")
-    database = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    database = Database(_url(tmp_path))
     with database.session() as session:
         pending = session.scalars(select(Document).where(Document.status == "pending")).all()
     database.dispose()
@@ -101,7 +117,7 @@ def test_401_stops_calling_the_endpoint_and_the_next_run_completes(
     openai_server.default = _distinct
     healed = run(load_settings(config))
     assert healed.exit_code == 0 and openai_server.calls == 1 + MODEL_PDFS
-    assert len(exported(f"sqlite:///{tmp_path / 'db.sqlite'}")) == 9 + MODEL_PDFS - 1 + 1
+    assert len(exported(_url(tmp_path))) == 9 + MODEL_PDFS - 1 + 1
 
 
 def test_a_429_storm_is_survived(openai_server: OpenAIServer, tmp_path: Path) -> None:
@@ -126,7 +142,7 @@ def test_a_429_storm_is_survived(openai_server: OpenAIServer, tmp_path: Path) ->
 
 
 def _db(tmp_path: Path) -> Database:
-    return Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    return Database(_url(tmp_path))
 
 
 def _forget_model_invoices(tmp_path: Path) -> int:
@@ -144,7 +160,7 @@ def _forget_model_invoices(tmp_path: Path) -> int:
 
 
 def _records(tmp_path: Path) -> list[dict[str, Any]]:
-    records = [json.loads(r) for _, r in exported(f"sqlite:///{tmp_path / 'db.sqlite'}")]
+    records = [json.loads(r) for _, r in exported(_url(tmp_path))]
     for record in records:
         record.pop("created_at", None)
     return records

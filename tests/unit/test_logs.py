@@ -115,6 +115,10 @@ def test_registered_and_settings_secrets_never_appear(stream: io.StringIO) -> No
             "download https://s3.example/inv.pdf?X-Amz-Signature=deadbeef&X-Amz-Credential=AK",
             "deadbeef",
         ),
+        (
+            'http://127.0.0.1:80 "GET /inv.pdf?X-Amz-Signature=cafe1234&t=x HTTP/1.1" 200',
+            "cafe1234",
+        ),
     ],
 )
 def test_secret_shapes_are_redacted_without_registration(
