@@ -56,7 +56,13 @@ def _parser() -> argparse.ArgumentParser:
         "--log-format", choices=["text", "json"], help="log lines as text or JSON ([logging])"
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    commands.add_parser("run", help="process every account once")
+    run = commands.add_parser("run", help="process every account once")
+    run.add_argument(
+        "--worker",
+        action="store_true",
+        help="share the accounts with other workers on this database: claim due accounts,"
+        " then pending documents, until none is left (PostgreSQL)",
+    )
     schedule = commands.add_parser("schedule", help="run a cycle every so often until stopped")
     schedule.add_argument(
         "--every", metavar="INTERVAL", help="between cycle starts: 90s, 30m, 1h ([schedule])"
@@ -136,7 +142,7 @@ def _level(args: argparse.Namespace, configured: str) -> int:
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "run":
-        return _run(settings, quiet=args.quiet)
+        return _run(settings, quiet=args.quiet, worker=args.worker)
     if args.command == "schedule":
         return _schedule(settings, every=args.every, once=args.once, quiet=args.quiet)
     from invoicesync.store.db import Database
@@ -194,6 +200,7 @@ def _run(
     switch: StopSwitch | None = None,
     quiet: bool = False,
     metrics: RunMetrics | None = None,
+    worker: bool = False,
 ) -> int:
     """One run under the watchdog, with SIGTERM/SIGINT handled between items.
 
@@ -226,7 +233,7 @@ def _run(
         database.upgrade()
         with _progress(settings, quiet) as progress:
             runner = Runner(settings, database, switch=switch, on_start=progress)
-            result = runner.run()
+            result = runner.run(worker=worker)
         if not quiet:
             print_summary(result)
         return result.exit_code

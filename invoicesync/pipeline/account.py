@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING
@@ -43,7 +44,7 @@ from invoicesync.pipeline.summary import AccountSummary
 from invoicesync.resilience.breaker import CircuitOpenError
 from invoicesync.resilience.timeouts import Deadline
 from invoicesync.store import repository as repo
-from invoicesync.store import sync
+from invoicesync.store import sync, work
 from invoicesync.store.repository import StoredDocument
 from invoicesync.store.schema import Document, Status
 
@@ -53,6 +54,9 @@ if TYPE_CHECKING:
 __all__ = ["AccountJob", "AccountStopped"]
 
 log = logging.getLogger(__name__)
+# Documents claimed per batch and per model slot: enough to keep every slot busy,
+# few enough that a killed worker holds back little.
+_BATCH = 4
 
 
 class AccountStopped(Exception):
@@ -81,6 +85,9 @@ class AccountJob:
         self._account_deadline = runner.deadline  # replaced by the account's own in work()
         self._wants_post_action = False
         self.model_down = runner.model_down
+        self.owner = runner.owner
+        self._tried = runner.tried_documents
+        self._tried_lock = runner.tried_lock
         self._link_retry = link_retry_policy(
             runner.settings.retries, runner.settings.links, cancel=runner.switch.event
         )
@@ -335,23 +342,84 @@ class AccountJob:
     def _extract_pending(
         self, account_id: int, summary: AccountSummary, deadline: Deadline, lease: LeaseKeeper
     ) -> None:
-        with self.db.session() as session:
-            pending = repo.workable_documents(session, account_id)
+        self._extract_claimed(account_id, summary, lambda: self._check(deadline, lease))
+
+    def extract_backlog(self, summary: AccountSummary) -> None:
+        """Workers, after the accounts: pending documents of any account, in claimed batches.
+
+        A large backlog (an account's first run, a model outage over) then spreads
+        over every worker instead of waiting for its account's next turn.
+        """
+        poll = min(1.0, self.settings.leases.ttl / 3)
+        while True:
+            self._extract_claimed(None, summary, self._check_run)
+            with self._tried_lock:
+                tried = set(self._tried)
+            with self.db.session() as session:
+                if not work.claimed_elsewhere(session, self.owner, tried):
+                    return
+            self.switch.event.wait(poll)  # another worker's batch: done soon, or it expires
+            self._check_run()
+
+    def _check_run(self) -> None:
+        self.switch.raise_if_tripped()
+        if self._deadline.expired:
+            raise RunAborted(f"run deadline of {self.settings.timeouts.run:g}s reached")
+
+    def _extract_claimed(
+        self, account_id: int | None, summary: AccountSummary, check: Callable[[], None]
+    ) -> None:
+        """Claim workable documents in batches and extract them, until none is left.
+
+        A claim keeps other runs off these documents while this one works them
+        (``store.work``); each document is tried once per run.
+        """
         # A model answer takes seconds: documents go to it side by side, up to its
         # max_concurrency. Local extractors are quick and run one after another.
         workers = self.settings.openai.max_concurrency if self.extractors.uses_model else 1
-        if workers <= 1 or len(pending) <= 1:
-            for document in pending:
-                self._check(deadline, lease)
+        ttl = self.settings.leases.ttl
+        while True:
+            check()
+            with self._tried_lock:
+                tried = set(self._tried)
+            batch = self._tx(
+                partial(
+                    work.claim_documents,
+                    owner=self.owner,
+                    ttl=ttl,
+                    limit=_BATCH * workers,
+                    account=account_id,
+                    exclude=tried,
+                )
+            )
+            if not batch:
+                return
+            with self._tried_lock:
+                self._tried.update(document.id for document in batch)
+            try:
+                self._extract_batch(batch, summary, check, workers)
+            finally:
+                ids = [document.id for document in batch]
+                self._tx(partial(work.release_documents, owner=self.owner, ids=ids))
+
+    def _extract_batch(
+        self,
+        documents: list[Document],
+        summary: AccountSummary,
+        check: Callable[[], None],
+        workers: int,
+    ) -> None:
+        if workers <= 1 or len(documents) <= 1:
+            for document in documents:
+                check()
                 self._extract_one(document, summary)
             return
         merge = threading.Lock()
-
         context = logs.current_context()
 
         def one(document: Document) -> None:
             with log_context(**context):  # pool threads start with an empty context
-                self._check(deadline, lease)
+                check()
                 mine = AccountSummary(summary.account)
                 try:
                     self._extract_one(document, mine)
@@ -360,7 +428,7 @@ class AccountJob:
                         summary.merge(mine)
 
         with ThreadPoolExecutor(workers, thread_name_prefix="extract") as pool:
-            futures = [pool.submit(one, document) for document in pending]
+            futures = [pool.submit(one, document) for document in documents]
             try:
                 for future in futures:
                     future.result()  # the first stop (deadline, lease, abort) ends the rest

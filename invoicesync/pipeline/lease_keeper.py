@@ -6,10 +6,10 @@ import logging
 import threading
 
 from invoicesync.errors import InvoiceSyncError
-from invoicesync.store import leases
+from invoicesync.store import leases, work
 from invoicesync.store.db import Database
 
-__all__ = ["LeaseKeeper"]
+__all__ = ["ClaimKeeper", "LeaseKeeper"]
 
 log = logging.getLogger(__name__)
 
@@ -53,3 +53,40 @@ class LeaseKeeper:
                 leases.release(session, self.name, self.owner)
         except InvoiceSyncError as exc:  # it expires by itself
             log.warning("lease %s not released: %s", self.name, exc)
+
+
+class ClaimKeeper:
+    """Renews every document claim of one run (``store.work``) every ttl/3 seconds.
+
+    A claim outlives its run's heartbeat by at most ``ttl``: a killed worker's
+    documents become claimable again, a live one's never do. ``stop`` gives back
+    whatever is still claimed.
+    """
+
+    def __init__(self, database: Database, owner: str, ttl: float) -> None:
+        self._db = database
+        self.owner = owner
+        self.ttl = ttl
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="claims", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                with self._db.transaction() as session:
+                    work.renew_documents(session, self.owner, self.ttl)
+            except InvoiceSyncError as exc:
+                log.warning("document claims not renewed: %s", exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        try:
+            with self._db.transaction() as session:
+                work.release_documents(session, self.owner)
+        except InvoiceSyncError as exc:  # they expire by themselves
+            log.warning("document claims not released: %s", exc)

@@ -7,10 +7,12 @@ to ``pipeline.account.AccountJob``.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import socket
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from functools import partial
@@ -18,19 +20,19 @@ from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
-from invoicesync.config import AccountSettings, Settings
+from invoicesync.config import AccountSettings, Settings, parse_interval
 from invoicesync.errors import RunAborted, TransientError
 from invoicesync.extract.select import ExtractorSelection
 from invoicesync.logs import log_context
 from invoicesync.mail.source import MailSource
 from invoicesync.pipeline.account import AccountJob
-from invoicesync.pipeline.lease_keeper import LeaseKeeper
+from invoicesync.pipeline.lease_keeper import ClaimKeeper, LeaseKeeper
 from invoicesync.pipeline.summary import AccountSummary, ModelUsage, RunResult
 from invoicesync.resilience.breaker import Breakers
 from invoicesync.resilience.retry import RetryPolicy
 from invoicesync.resilience.timeouts import Deadline
 from invoicesync.resilience.watchdog import StopSwitch
-from invoicesync.store import leases
+from invoicesync.store import leases, work
 from invoicesync.store import repository as repo
 from invoicesync.store.cache import DatabaseResultStore
 from invoicesync.store.db import Database
@@ -71,38 +73,39 @@ class Runner:
         self.source_factory = source_factory
         self.max_bytes = int(settings.storage.max_document_mb * 1024 * 1024)
         self.run_id: int | None = None
+        self.owner = "unstarted"  # host:pid:run once the run row exists
+        self.started_at = dt.datetime.now(dt.UTC)
+        #: Documents this run has claimed already: each is tried once per run.
+        self.tried_documents: set[int] = set()
+        self.tried_lock = threading.Lock()
         self.deadline = Deadline(settings.timeouts.run)
         self._store_retry = RetryPolicy(settings.retries, stage="store", cancel=self.switch.event)
 
     # ------------------------------------------------------------------ run
 
-    def run(self) -> RunResult:
+    def run(self, *, worker: bool = False) -> RunResult:
+        """Every account once; ``worker``: claim due accounts, then pending documents,
+        alongside other workers on the same database, until nothing is left."""
         host = socket.gethostname()
+        self.started_at = dt.datetime.now(dt.UTC)
         self.run_id = run_id = self.tx(lambda s: self._start(s, host))
+        self.owner = leases.owner_id(run_id)
         with log_context(run_id=run_id):
-            log.info("run %d started on %s", run_id, host)
-            return self._run(run_id)
+            log.info("run %d started on %s%s", run_id, host, " as a worker" if worker else "")
+            return self._run(run_id, worker)
 
-    def _run(self, run_id: int) -> RunResult:
+    def _run(self, run_id: int, worker: bool) -> RunResult:
         result = RunResult(run_id=run_id, status="running")
+        claims = ClaimKeeper(self.db, self.owner, self.settings.leases.ttl)
         try:
             if self.cache is not None and self.extractors.uses_model:
                 self._purge_cache()
-            result.accounts = [AccountSummary(a.name) for a in self.settings.accounts]
-            if self.on_start is not None:
-                self.on_start(result)  # e.g. the progress display, which reads the summaries
-            workers = max(1, min(self.settings.run.parallel_accounts, len(result.accounts)))
-            # Accounts run side by side, each under its own deadline and lease; one
-            # account's failure is recorded in its summary and never stops the others.
-            with ThreadPoolExecutor(workers, thread_name_prefix="account") as pool:
-                futures = [
-                    pool.submit(self._run_account, account, summary)
-                    for account, summary in zip(
-                        self.settings.accounts, result.accounts, strict=True
-                    )
-                ]
-                for future in futures:
-                    future.result()  # re-raises RunAborted from any account
+            claims.start()
+            if worker:
+                self._work_due_accounts(result)
+                self._extract_backlog(result)
+            else:
+                self._work_all_accounts(result)
             result.status = {0: "ok", 1: "partial", 3: "fatal", 4: "aborted"}[result.exit_code]
         except RunAborted as stop:
             result.status, result.error = stop.status, stop.reason
@@ -111,6 +114,7 @@ class Runner:
             result.status, result.error = "crashed", f"{type(exc).__name__}: {exc}"
             raise
         finally:
+            claims.stop()  # and gives back any claim still held
             self.extractors.close()  # the model client's keep-alive connections
             result.model = self.model_usage()
             counts: dict[str, Any] = {"accounts": [asdict(a) for a in result.accounts]}
@@ -121,6 +125,85 @@ class Runner:
                     session, run_id, status=result.status, counts=counts, error=result.error
                 )
         return result
+
+    def _work_all_accounts(self, result: RunResult) -> None:
+        result.accounts = [AccountSummary(a.name) for a in self.settings.accounts]
+        if self.on_start is not None:
+            self.on_start(result)  # e.g. the progress display, which reads the summaries
+        workers = max(1, min(self.settings.run.parallel_accounts, len(result.accounts)))
+        # Accounts run side by side, each under its own deadline and lease; one
+        # account's failure is recorded in its summary and never stops the others.
+        with ThreadPoolExecutor(workers, thread_name_prefix="account") as pool:
+            futures = [
+                pool.submit(self._run_account, account, summary)
+                for account, summary in zip(self.settings.accounts, result.accounts, strict=True)
+            ]
+            for future in futures:
+                future.result()  # re-raises RunAborted from any account
+
+    def _work_due_accounts(self, result: RunResult) -> None:
+        """Claim due accounts one by one (``parallel_accounts`` at a time) until none is due.
+
+        An account is due when no run has worked it to the end within the last half
+        of ``[schedule] every``: each cycle of a CronJob works it once, whichever
+        worker gets it. Due accounts leased by a live worker are waited for, so that
+        a worker killed mid-account has its account finished once its lease expires.
+        """
+        by_name = {a.name: a for a in self.settings.accounts}
+        every = parse_interval(self.settings.schedule.every)
+        due_before = self.started_at - dt.timedelta(seconds=every / 2)
+        self.tx(lambda s: work.ensure_accounts(s, list(by_name)))
+        if self.on_start is not None:
+            self.on_start(result)
+        lock = threading.Lock()
+        poll = min(1.0, self.settings.leases.ttl / 3)
+
+        claiming = threading.Lock()
+
+        def claim() -> tuple[int, str] | None:
+            with claiming:  # one thread at a time: siblings share the run's lease owner
+                return self._claim(by_name, due_before)
+
+        def loop() -> None:
+            while True:
+                self.switch.raise_if_tripped()
+                if self.deadline.expired:
+                    raise RunAborted(f"run deadline of {self.settings.timeouts.run:g}s reached")
+                claimed = claim()
+                if claimed is None:
+                    with self.db.session() as session:
+                        waiting = work.due_accounts(session, by_name, due_before)
+                    if not waiting:
+                        return  # every account is done for this cycle
+                    self.switch.event.wait(poll)  # leased by a live worker, or just freed
+                    continue
+                summary = AccountSummary(claimed[1])
+                with lock:
+                    result.accounts.append(summary)
+                self._run_account(by_name[claimed[1]], summary)
+
+        workers = max(1, min(self.settings.run.parallel_accounts, len(by_name)))
+        with ThreadPoolExecutor(workers, thread_name_prefix="worker") as pool:
+            for future in [pool.submit(loop) for _ in range(workers)]:
+                future.result()
+
+    def _claim(self, names: Collection[str], due_before: dt.datetime) -> tuple[int, str] | None:
+        return self.tx(
+            lambda session: work.claim_due_account(
+                session,
+                names,
+                owner=self.owner,
+                ttl=self.settings.leases.ttl,
+                due_before=due_before,
+            )
+        )
+
+    def _extract_backlog(self, result: RunResult) -> None:
+        """Pending documents of any account, claimed in batches alongside other workers."""
+        summary = AccountSummary("(backlog)")
+        AccountJob(self).extract_backlog(summary)
+        if summary.documents or summary.failed or summary.invoices or summary.left_pending:
+            result.accounts.append(summary)
 
     def model_usage(self) -> ModelUsage | None:
         """Calls, cache hits, tokens and estimated cost of the model; None when unused."""
@@ -187,10 +270,7 @@ class Runner:
         assert self.run_id is not None
         account_id = self.tx(lambda s: repo.account_id(s, account.name))
         lease = LeaseKeeper(
-            self.db,
-            f"account:{account.name}",
-            leases.owner_id(self.run_id),
-            self.settings.leases.ttl,
+            self.db, work.account_lease(account.name), self.owner, self.settings.leases.ttl
         )
         try:
             acquired = lease.acquire()
@@ -204,6 +284,8 @@ class Runner:
             return
         try:
             AccountJob(self).work(account, account_id, summary, lease)
+            # Worked for this cycle, whatever the outcome: what failed waits for the next one.
+            self.tx(partial(work.mark_done, account=account_id, started_at=self.started_at))
         finally:
             lease.release()
         reason = summary.error if summary.status == "needs_reconnect" else None

@@ -29,6 +29,7 @@ __all__ = [
     "acquire",
     "holder",
     "owner_id",
+    "owner_is_dead",
     "process_is_gone",
     "release",
     "renew",
@@ -50,7 +51,7 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _owner_is_dead(owner: str) -> bool:
+def owner_is_dead(owner: str) -> bool:
     """True only when the owner ran on this host and its process no longer exists."""
     host, _, rest = owner.partition(":")
     pid_text = rest.partition(":")[0]
@@ -89,7 +90,7 @@ def acquire(session: Session, name: str, owner: str, ttl: float) -> bool:
     if won is not None:
         return True
     current = holder(session, name)
-    if current is None or not _owner_is_dead(current.owner):
+    if current is None or not owner_is_dead(current.owner):
         return False
     taken = session.execute(
         update(Lease)

@@ -44,7 +44,6 @@ __all__ = [
     "set_needs_reconnect",
     "sibling_einvoices",
     "start_run",
-    "workable_documents",
 ]
 
 
@@ -230,20 +229,6 @@ def _park_if_exhausted(
         )
         return Status.FAILED_FATAL
     return str(current)
-
-
-def workable_documents(session: Session, account: int) -> list[Document]:
-    """Documents of this account's messages that still need extraction."""
-    query = (
-        select(Document)
-        .join(MessageDocument, MessageDocument.document_id == Document.id)
-        .join(Message, Message.id == MessageDocument.message_id)
-        .where(Message.account_id == account, Document.status.in_(Status.WORKABLE))
-        .distinct()
-        # XML first: a PDF beside its XML is then recognised as the XML invoice's rendering.
-        .order_by(Document.kind.desc(), Document.id)
-    )
-    return list(session.scalars(query))
 
 
 class InvoiceOutcome:

@@ -89,6 +89,8 @@ class Account(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=_now)
     #: Why a person must reconnect this account (a revoked OAuth grant); None when fine.
     needs_reconnect: Mapped[str | None] = mapped_column(Text)
+    #: When the last run that worked this account to the end started (workers: "due" after).
+    last_done_at: Mapped[dt.datetime | None]
 
 
 class SyncState(Base):
@@ -148,6 +150,9 @@ class Document(Base):
     rendering_of: Mapped[int | None] = mapped_column(
         ForeignKey("invoices.id", ondelete="SET NULL", use_alter=True)
     )
+    #: The run extracting it now (``host:pid:run``), until ``claim_expires_at``.
+    claim_owner: Mapped[str | None] = mapped_column(String(255))
+    claim_expires_at: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = mapped_column(default=_now)
     updated_at: Mapped[dt.datetime] = mapped_column(default=_now, onupdate=_now)
 

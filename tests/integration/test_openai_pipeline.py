@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -265,11 +264,8 @@ def test_an_account_reads_its_documents_side_by_side_up_to_max_concurrency(
         config.read_text(encoding="utf-8").replace("max_concurrency = 2", "max_concurrency = 3"),
         encoding="utf-8",
     )
-    started = time.monotonic()
     result = run(load_settings(config))
-    elapsed = time.monotonic() - started
     assert result.exit_code == 0 and openai_server.calls == MODEL_PDFS
     assert openai_server.max_in_flight == 3
     [summary] = result.accounts
     assert summary.invoices + summary.duplicates == len(_records(tmp_path)) == 9 + MODEL_PDFS
-    assert elapsed < MODEL_PDFS * 0.3  # sequential would take at least 2.1 s of answers

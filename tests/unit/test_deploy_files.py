@@ -140,8 +140,11 @@ def _compose_secrets(service: dict[str, Any]) -> dict[str, str]:
     return files
 
 
-def _cronjob() -> dict[str, Any]:
-    return _yaml(K8S / "cronjob.yaml")
+def _cronjob(name: str = "cronjob.yaml") -> dict[str, Any]:
+    return _yaml(K8S / name)
+
+
+CRONJOBS = pytest.mark.parametrize("cronjob_file", ["cronjob.yaml", "workers.yaml"])
 
 
 def _pod(cronjob: dict[str, Any]) -> dict[str, Any]:
@@ -558,10 +561,11 @@ def test_cronjob_schedule_and_policies() -> None:
     assert sorted(rule["onExitCodes"]["values"]) == [2, 3]  # config, fatal: retrying can't help
 
 
+@CRONJOBS
 def test_cronjob_deadline_is_above_the_watchdog(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cronjob_file: str
 ) -> None:
-    spec = _cronjob()["spec"]
+    spec = _cronjob(cronjob_file)["spec"]
     deadline = spec["jobTemplate"]["spec"]["activeDeadlineSeconds"]
     defaults = Settings.model_construct().timeouts
     configured = _validate(_configmap_toml(), tmp_path, _secret_items(), monkeypatch).timeouts
@@ -570,8 +574,9 @@ def test_cronjob_deadline_is_above_the_watchdog(
     assert deadline < _minutes_between_runs(spec["schedule"]) * 60
 
 
-def test_cronjob_container_is_locked_down() -> None:
-    pod = _pod(_cronjob())
+@CRONJOBS
+def test_cronjob_container_is_locked_down(cronjob_file: str) -> None:
+    pod = _pod(_cronjob(cronjob_file))
     (container,) = pod["containers"]
     context = {**pod.get("securityContext", {}), **container["securityContext"]}
     assert context["runAsNonRoot"] is True
@@ -584,8 +589,9 @@ def test_cronjob_container_is_locked_down() -> None:
         assert {"cpu", "memory"} <= container["resources"][kind].keys(), kind
 
 
-def test_cronjob_volumes_and_mounts() -> None:
-    pod = _pod(_cronjob())
+@CRONJOBS
+def test_cronjob_volumes_and_mounts(cronjob_file: str) -> None:
+    pod = _pod(_cronjob(cronjob_file))
     (container,) = pod["containers"]
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
     mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
@@ -612,6 +618,19 @@ def test_cronjob_volumes_and_mounts() -> None:
     assert data["persistentVolumeClaim"]["claimName"] == _yaml(K8S / "pvc.yaml")["metadata"]["name"]
     assert "emptyDir" in volumes[mounts["/tmp"]["name"]], "/tmp must be writable"
     assert all(mounts[path].get("readOnly") for path in ("/etc/invoicesync", "/run/secrets"))
+
+
+def test_workers_job_is_a_work_queue_of_workers() -> None:
+    """N pods of `run --worker`, no fixed completions: the Job ends when the work does."""
+    spec = _cronjob("workers.yaml")["spec"]
+    job = spec["jobTemplate"]["spec"]
+    assert spec["concurrencyPolicy"] == "Forbid"
+    assert job["parallelism"] >= 2 and "completions" not in job
+    (container,) = _pod(_cronjob("workers.yaml"))["containers"]
+    assert container["args"] == ["run", "--worker"]
+    single = _pod(_cronjob())
+    assert _pod(_cronjob("workers.yaml"))["volumes"] == single["volumes"]
+    assert container["image"] == single["containers"][0]["image"]
 
 
 def test_secret_example_is_marked_as_example() -> None:
