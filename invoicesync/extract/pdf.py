@@ -12,10 +12,12 @@ import io
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-from pypdf import PdfReader, PdfWriter
+from typing import TYPE_CHECKING
 
 from invoicesync.errors import BadDocumentError
+
+if TYPE_CHECKING:
+    from pypdf import PdfReader
 from invoicesync.sniff import PDF_MAGIC, is_pdf
 
 __all__ = ["PDF_MAGIC", "embedded_files", "first_pages", "is_pdf", "open_pdf", "pdf_text"]
@@ -38,6 +40,8 @@ def open_pdf(data: bytes) -> PdfReader:
     """Open a PDF, refusing files that are not PDFs, are broken, or need a password."""
     if not is_pdf(data):
         raise BadDocumentError("not a PDF (no %PDF- header)", stage="extract")
+    from pypdf import PdfReader  # imported by the first PDF: a run with none starts faster
+
     with _translated("broken PDF"):
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not _opens_without_password(reader):
@@ -85,6 +89,8 @@ def first_pages(data: bytes, count: int) -> tuple[bytes, int]:
     total = len(reader.pages)
     if total <= count:
         return data, total
+    from pypdf import PdfWriter
+
     with _translated("unreadable PDF pages"):
         writer = PdfWriter()
         for page in reader.pages[:count]:

@@ -27,7 +27,6 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -51,6 +50,7 @@ from invoicesync.errors import (
     ServerError,
 )
 from invoicesync.fetch.guard import check_address, check_host
+from invoicesync.fetch.redact import redact_url
 from invoicesync.resilience.retry_after import retry_after_from_headers
 
 __all__ = [
@@ -77,31 +77,6 @@ _STAGE = "fetch"
 # requests' SSLError is recognised by name and by OpenSSL's reason text.
 _CERT_ERROR_NAMES = frozenset({"SSLCertVerificationError", "CertificateError"})
 _CERT_ERROR_TEXT = "CERTIFICATE_VERIFY_FAILED"
-
-
-def redact_url(url: str) -> str:
-    """``url`` without userinfo, query string and fragment, safe for messages and logs.
-
-    Scheme, host, port and path are kept; a dropped query or fragment shows as
-    ``?…`` / ``#…``: ``https://user:pw@host/p?token=x`` → ``https://host/p?…``.
-    A URL too broken to parse gives ``"<unparseable url>"``.
-    """
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError:  # bad IPv6 literal or port
-        return "<unparseable url>"
-    host = parts.hostname or ""
-    if ":" in host:  # an IPv6 literal needs its brackets back
-        host = f"[{host}]"
-    if port is not None:
-        host = f"{host}:{port}"
-    redacted = f"{parts.scheme}://{host}{parts.path}" if parts.scheme else f"{host}{parts.path}"
-    if parts.query:
-        redacted += "?…"
-    if parts.fragment:
-        redacted += "#…"
-    return redacted
 
 
 @contextlib.contextmanager

@@ -31,9 +31,7 @@ from invoicesync.errors import (
     RunAborted,
     TransientError,
 )
-from invoicesync.fetch.download import LinkResult, download_pdf, link_retry_policy
-from invoicesync.fetch.http import Session as HttpSession
-from invoicesync.fetch.http import make_session, redact_url
+from invoicesync.fetch.redact import redact_url
 from invoicesync.logs import log_context
 from invoicesync.mail.source import MailSource
 from invoicesync.models import MailRef, ParsedMail
@@ -49,7 +47,10 @@ from invoicesync.store.repository import StoredDocument
 from invoicesync.store.schema import Document, Status
 
 if TYPE_CHECKING:
+    from invoicesync.fetch.download import LinkResult
+    from invoicesync.fetch.http import Session as HttpSession
     from invoicesync.pipeline.runner import Runner
+    from invoicesync.resilience.retry import RetryPolicy
 
 __all__ = ["AccountJob", "AccountStopped"]
 
@@ -88,18 +89,24 @@ class AccountJob:
         self.owner = runner.owner
         self._tried = runner.tried_documents
         self._tried_lock = runner.tried_lock
-        self._link_retry = link_retry_policy(
-            runner.settings.retries, runner.settings.links, cancel=runner.switch.event
-        )
+        self._link_retry: RetryPolicy | None = None
         self._session: HttpSession | None = None
 
     def _download(self, url: str) -> LinkResult:
         """One link through the hardened downloader, under its host's circuit breaker."""
+        # requests is imported only by runs that meet a link.
+        from invoicesync.fetch.download import download_pdf, link_retry_policy
+        from invoicesync.fetch.http import make_session
+
         links = self.settings.links
         if self._session is None:
             self._session = make_session(links, self.settings.timeouts)
+            self._link_retry = link_retry_policy(
+                self.settings.retries, links, cancel=self.switch.event
+            )
         session = self._session
         retry = self._link_retry
+        assert retry is not None
         host = urlsplit(url).hostname or "?"
         return self.breakers.for_endpoint(f"http://{host}").call(
             lambda: download_pdf(

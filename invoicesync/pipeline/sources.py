@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from invoicesync.config import AccountSettings, Settings
-from invoicesync.fetch.http import post_form
 from invoicesync.mail.auth import TokenProvider, TokenStore
 from invoicesync.mail.imap_client import Credentials, ImapConnection, ImapEndpoint
 from invoicesync.mail.imap_pool import ImapPool
@@ -36,7 +36,7 @@ def open_source(
         tokens = TokenProvider(
             account.name,
             account.oauth2,
-            post=post_form,
+            post=_post_form,
             store=TokenStore(settings.storage.tokens_dir),
             retry=RetryPolicy(settings.retries, stage="oauth", cancel=cancel),
             timeout=settings.timeouts.oauth_token,
@@ -58,3 +58,9 @@ def open_source(
         settings.timeouts,
         max_document_bytes=int(settings.storage.max_document_mb * 1024 * 1024),
     )
+
+
+def _post_form(*args: Any, **kwargs: Any) -> Any:
+    from invoicesync.fetch.http import post_form  # requests only for accounts that use OAuth
+
+    return post_form(*args, **kwargs)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from sqlalchemy.orm import Session
 
 from invoicesync.extract.base import Extractor
-from invoicesync.fetch.download import LinkResult
 from invoicesync.fetch.links import rank_links
 from invoicesync.mail.mime import parse_mail
 from invoicesync.mail.source import MailSource
@@ -20,6 +20,9 @@ from invoicesync.store import repository as repo
 from invoicesync.store.files import DocumentFiles
 from invoicesync.store.repository import StoredDocument
 from invoicesync.store.schema import Document
+
+if TYPE_CHECKING:
+    from invoicesync.fetch.download import LinkResult
 
 __all__ = [
     "RENDERING",

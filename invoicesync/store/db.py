@@ -14,9 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
@@ -53,6 +51,12 @@ def translate_db_errors() -> Iterator[None]:
         if exc.connection_invalidated:
             raise NetworkError("database connection lost", stage="store") from exc
         raise
+
+
+def head_revision() -> str:
+    """The newest migration's revision id (they are numbered ``0001_…``, ``0002_…``, in line)."""
+    names = sorted(p.name for p in (MIGRATIONS / "versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
+    return names[-1][:4]
 
 
 def dialect_insert(session: Session, table: Any) -> Any:
@@ -110,12 +114,29 @@ class Database:
         return self._sessions()
 
     def upgrade(self) -> None:
-        """Apply pending migrations; safe when several processes start at once."""
+        """Apply pending migrations; safe when several processes start at once.
+
+        Every command starts with this, so the usual case (already at head) is one
+        query and no Alembic import: that keeps a run with nothing to do fast.
+        """
+        with translate_db_errors():
+            if self._at_head():
+                return
+        from alembic import command
+        from alembic.config import Config as AlembicConfig
+
         with translate_db_errors(), self._migration_lock(), self.engine.begin() as connection:
             config = AlembicConfig()
             config.set_main_option("script_location", str(MIGRATIONS))
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+
+    def _at_head(self) -> bool:
+        with self.engine.connect() as connection:
+            if not inspect(connection).has_table("alembic_version"):
+                return False
+            current = connection.execute(text("SELECT version_num FROM alembic_version")).all()
+        return [row[0] for row in current] == [head_revision()]
 
     @contextlib.contextmanager
     def _migration_lock(self) -> Iterator[None]:

@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from invoicesync.models import Invoice, MailRef, ParsedMail, Provenance
 from invoicesync.store import repository as repo
@@ -36,6 +36,22 @@ def test_migrations_match_the_tables(database: Database) -> None:
         diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert diff == []
     database.upgrade()  # a second upgrade is a no-op
+
+
+def test_the_fast_head_check_agrees_with_alembic(database: Database) -> None:
+    """upgrade() skips Alembic when the database is at head: its idea of head must be Alembic's."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from invoicesync.store.db import MIGRATIONS, head_revision
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert head_revision() == ScriptDirectory.from_config(config).get_current_head()
+    assert database._at_head()
+    with database.transaction() as session:
+        session.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+    assert not database._at_head()
 
 
 def test_concurrent_upgrades_on_a_fresh_database(db_url: str) -> None:
