@@ -10,9 +10,10 @@ a stop always falls between two commits.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING
@@ -55,6 +56,8 @@ if TYPE_CHECKING:
 __all__ = ["AccountJob", "AccountStopped"]
 
 log = logging.getLogger(__name__)
+# Scanned messages looked up in the database at a time.
+_KEY_CHUNK = 500
 # Documents claimed per batch and per model slot: enough to keep every slot busy,
 # few enough that a killed worker holds back little.
 _BATCH = 4
@@ -197,15 +200,14 @@ class AccountJob:
         lease: LeaseKeeper,
     ) -> None:
         with self.db.session() as session:
-            known = repo.known_message_keys(session, account_id, folder)
             position = sync.folder_position(session, account_id, folder)
         seen_before: set[str] | None = None
-        for ref in source.scan(folder, position):
-            summary.seen += 1
-            if ref.key in known:
+        handled: set[str] = set()  # this run's: the same bytes twice in one folder are one message
+        for ref in self._new_refs(source.scan(folder, position), account_id, folder, summary):
+            if ref.key in handled:
                 continue
             self._check(deadline, lease)
-            known.add(ref.key)  # the same bytes twice in one folder are one message
+            handled.add(ref.key)
             if position is not None and ref.uidvalidity != position.uidvalidity:
                 # UIDVALIDITY changed: mails stored before are recognised by Message-ID.
                 if seen_before is None:
@@ -221,13 +223,30 @@ class AccountJob:
         with self.db.session() as session:
             retry = sync.workable_refs(session, account_id, folder, current.uidvalidity)
         for ref in retry:
-            if ref.key in known:
+            if ref.key in handled:
                 continue
             self._check(deadline, lease)
-            known.add(ref.key)
+            handled.add(ref.key)
             self._ingest_one(
                 source, account_id, ref.model_copy(update={"account": source.account}), summary
             )
+
+    def _new_refs(
+        self, refs: Iterable[MailRef], account_id: int, folder: str, summary: AccountSummary
+    ) -> Iterator[MailRef]:
+        """The scanned refs that are not done yet, looked up in chunks.
+
+        Never all of a folder's keys at once: an IMAP scan lists only UIDs above the
+        last one done, so a run with nothing new costs the same on any mailbox size.
+        """
+        iterator = iter(refs)
+        while chunk := list(itertools.islice(iterator, _KEY_CHUNK)):
+            summary.seen += len(chunk)
+            with self.db.session() as session:
+                done = repo.known_message_keys(
+                    session, account_id, folder, keys=[ref.key for ref in chunk]
+                )
+            yield from (ref for ref in chunk if ref.key not in done)
 
     def _record_seen_before(self, session: Session, *, account_id: int, ref: MailRef) -> None:
         note = ParsedMail(message_id=ref.message_id, skipped=["stored before a UIDVALIDITY change"])

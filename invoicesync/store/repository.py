@@ -77,12 +77,15 @@ def set_needs_reconnect(session: Session, *, account: int, reason: str | None) -
     session.execute(update(Account).where(Account.id == account).values(needs_reconnect=reason))
 
 
-def known_message_keys(session: Session, account: int, folder: str) -> set[str]:
-    """Keys of messages a normal run must not work again (done, or parked as fatal)."""
+def known_message_keys(
+    session: Session, account: int, folder: str, *, keys: Sequence[str]
+) -> set[str]:
+    """Which of ``keys`` a normal run must not work again (done, or parked as fatal)."""
     rows = session.scalars(
         select(Message.key).where(
             Message.account_id == account,
             Message.folder == folder,
+            Message.key.in_(list(keys)),
             Message.status.not_in(Status.WORKABLE),
         )
     )

@@ -50,8 +50,9 @@ def _crash_cycle(db_url: str, tmp_path: Path, reference: list[tuple[str, str]], 
     completion whose export must equal the reference exactly."""
     config = _config(tmp_path, db_url, EXAMPLES / "mailbox")
     chance = random.Random(kills)
-    started = time.monotonic()
     assert cli("--config", str(config), "db", "upgrade", cwd=tmp_path).returncode == 0
+    started = time.monotonic()
+    assert cli("--config", str(config), "status", cwd=tmp_path).returncode == 0
     startup = time.monotonic() - started  # interpreter, imports, database: no pipeline work yet
     started = time.monotonic()
     assert cli("--config", str(config), "run", cwd=tmp_path).returncode == 0
