@@ -255,10 +255,7 @@ class OpenAIExtractor:
         self._raise_if_refused()
         if self._limiter is not None:
             self._limiter.acquire(estimate, deadline=deadline)
-        # Until one answer has proven the key, model and quota, requests go one at a
-        # time: a revoked key costs one refused request, not max_concurrency of them.
-        gate = contextlib.nullcontext() if self._proven else self._first
-        with gate, self._slots or contextlib.nullcontext():
+        with self._until_proven(), self._slots or contextlib.nullcontext():
             self._raise_if_refused()
             timeout = min(self.timeout, deadline.remaining())
             if timeout <= 0:
@@ -298,6 +295,24 @@ class OpenAIExtractor:
         if message.parsed is None:
             raise _SchemaMismatch("the answer is empty")
         return message.parsed
+
+    @contextlib.contextmanager
+    def _until_proven(self) -> Iterator[None]:
+        """One request at a time until an answer has proven the key, model and quota.
+
+        A revoked key then costs one refused request, not max_concurrency of them.
+        Threads that queued behind the first request go side by side once it succeeded.
+        """
+        if not self._proven:
+            self._first.acquire()
+            if not self._proven:
+                try:
+                    yield
+                finally:
+                    self._first.release()
+                return
+            self._first.release()
+        yield
 
     def _raise_if_refused(self) -> None:
         """After a refused key, quota or model: fail without sending anything."""

@@ -476,3 +476,25 @@ def test_a_bad_document_does_not_refuse_the_endpoint(openai_server: OpenAIServer
         extractor.extract(_text_pdf(INVOICE_LINES))
     assert extractor.extract(_text_pdf(INVOICE_LINES)) is not None
     assert openai_server.calls == 2
+
+
+def test_requests_queued_behind_the_first_go_side_by_side_once_it_succeeded(
+    openai_server: OpenAIServer,
+) -> None:
+    """The first request goes alone; the three that waited for it then run together."""
+    openai_server.default = invoice_reply(delay=0.3)
+    extractor = _extractor(openai_server)
+    barrier = threading.Barrier(4)
+    results: list[Invoice | None] = []
+
+    def work() -> None:
+        barrier.wait()
+        results.append(extractor.extract(_text_pdf(INVOICE_LINES)))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(results) == 4 and openai_server.calls == 4
+    assert openai_server.max_in_flight == 3
