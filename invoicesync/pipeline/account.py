@@ -376,7 +376,7 @@ class AccountJob:
         A large backlog (an account's first run, a model outage over) then spreads
         over every worker instead of waiting for its account's next turn.
         """
-        poll = min(1.0, self.settings.leases.ttl / 3)
+        poll = min(0.25, self.settings.leases.ttl / 3)
         while True:
             self._extract_claimed(None, summary, self._check_run)
             with self._tried_lock:

@@ -156,7 +156,7 @@ class Runner:
         if self.on_start is not None:
             self.on_start(result)
         lock = threading.Lock()
-        poll = min(1.0, self.settings.leases.ttl / 3)
+        poll = min(0.25, self.settings.leases.ttl / 3)
 
         claiming = threading.Lock()
 
