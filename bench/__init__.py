@@ -1,0 +1,1 @@
+"""Benchmarks: ``bench/run`` (``python -m bench``); see bench/README.md."""

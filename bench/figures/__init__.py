@@ -1,0 +1,1 @@
+"""One module per figure, each with ``measure(ctx: Context) -> list[Figure]``."""
