@@ -16,6 +16,7 @@ import codecs
 import contextlib
 import datetime as dt
 import hashlib
+import io
 import quopri
 import re
 from email import errors as email_errors
@@ -74,7 +75,7 @@ def parse_mail(raw: bytes) -> ParsedMail:
     nesting deeper than ``MAX_DEPTH``, or any failure of the ``email`` package.
     """
     try:
-        message = BytesParser(policy=policy.default).parsebytes(raw)
+        message = BytesParser(policy=policy.default).parse(io.BytesIO(raw))
         _require_headers(message, raw)
         walker = _Walker()
         walker.walk(message, depth=0, nested=False, in_multipart=False)

@@ -442,10 +442,10 @@ def test_unpadded_base64_pdf_is_accepted() -> None:
 def test_email_package_failure_becomes_malformed(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any exception escaping the email package is translated, with the cause chained."""
 
-    def explode(self: object, data: bytes) -> None:
+    def explode(self: object, data: object) -> None:
         raise RecursionError("maximum recursion depth exceeded")
 
-    monkeypatch.setattr(BytesParser, "parsebytes", explode)
+    monkeypatch.setattr(BytesParser, "parse", explode)
     with pytest.raises(MalformedMailError, match="RecursionError") as info:
         parse_mail(HEADERS + b"\nbody")
     assert isinstance(info.value.__cause__, RecursionError)
