@@ -16,15 +16,14 @@ import codecs
 import contextlib
 import datetime as dt
 import hashlib
-import io
 import quopri
 import re
 from email import errors as email_errors
 from email import policy
 from email.errors import HeaderParseError
 from email.header import decode_header, make_header
-from email.message import Message
-from email.parser import BytesParser
+from email.message import EmailMessage, Message
+from email.parser import BytesFeedParser, BytesParser
 from email.utils import parsedate_to_datetime
 from html.parser import HTMLParser
 from urllib.parse import urlsplit
@@ -67,6 +66,24 @@ _URL = re.compile(r"https?://[^\s<>\"'`{}|\\^\[\]]+", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+_PIECE = 64 * 1024
+
+
+def _parse(raw: bytes) -> EmailMessage:
+    """``raw`` parsed in 64 KiB pieces: never one decoded copy of a whole large mail.
+
+    (``BytesParser.parsebytes`` decodes it whole; ``BytesParser.parse`` would turn CRLF
+    into LF inside 8bit parts and so change the documents' bytes.)
+    """
+    parser = BytesFeedParser(policy=policy.default)
+    view = memoryview(raw)
+    for start in range(0, len(raw), _PIECE):
+        parser.feed(bytes(view[start : start + _PIECE]))
+    message = parser.close()
+    assert isinstance(message, EmailMessage)
+    return message
+
+
 def parse_mail(raw: bytes) -> ParsedMail:
     """Parse one raw RFC 5322 message into headers, candidate documents and links.
 
@@ -75,7 +92,7 @@ def parse_mail(raw: bytes) -> ParsedMail:
     nesting deeper than ``MAX_DEPTH``, or any failure of the ``email`` package.
     """
     try:
-        message = BytesParser(policy=policy.default).parse(io.BytesIO(raw))
+        message = _parse(raw)
         _require_headers(message, raw)
         walker = _Walker()
         walker.walk(message, depth=0, nested=False, in_multipart=False)

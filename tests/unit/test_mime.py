@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 from email.message import EmailMessage
-from email.parser import BytesParser
+from email.parser import BytesFeedParser
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -445,7 +445,7 @@ def test_email_package_failure_becomes_malformed(monkeypatch: pytest.MonkeyPatch
     def explode(self: object, data: object) -> None:
         raise RecursionError("maximum recursion depth exceeded")
 
-    monkeypatch.setattr(BytesParser, "parse", explode)
+    monkeypatch.setattr(BytesFeedParser, "feed", explode)
     with pytest.raises(MalformedMailError, match="RecursionError") as info:
         parse_mail(HEADERS + b"\nbody")
     assert isinstance(info.value.__cause__, RecursionError)
