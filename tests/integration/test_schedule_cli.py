@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -65,8 +66,10 @@ def test_cycles_every_interval_until_sigterm(tmp_path: Path) -> None:
         code, out, err = _stop(process, within=5)
     assert code == 0, err
     statuses = _runs(db_url)
-    assert len(statuses) >= 3 and set(statuses) == {"ok"}, statuses  # none left "running"
-    assert out.count("run ") >= 3  # a summary per cycle
+    # None left "running": done, or the cycle SIGTERM caught was stopped cleanly.
+    assert len(statuses) >= 3 and set(statuses) <= {"ok", "interrupted"}, statuses
+    assert statuses[:2] == ["ok", "ok"] and statuses.count("interrupted") <= 1
+    assert len(re.findall(r"run \d+: ok", out)) == statuses.count("ok")  # a summary per cycle
     assert len([p for p in exported(db_url) if '"duplicate_of": null' in p[1]]) == 13
     assert consistency_problems(db_url, tmp_path / "docs") == []
 
