@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from functools import partial
@@ -155,14 +155,21 @@ class Runner:
         self.tx(lambda s: work.ensure_accounts(s, list(by_name)))
         if self.on_start is not None:
             self.on_start(result)
-        lock = threading.Lock()
         poll = min(0.25, self.settings.leases.ttl / 3)
-
-        claiming = threading.Lock()
+        # One thread at a time claims (siblings share the run's lease owner) and records.
+        lock = threading.Lock()
 
         def claim() -> tuple[int, str] | None:
-            with claiming:  # one thread at a time: siblings share the run's lease owner
-                return self._claim(by_name, due_before)
+            with lock:
+                return self.tx(
+                    lambda session: work.claim_due_account(
+                        session,
+                        by_name,
+                        owner=self.owner,
+                        ttl=self.settings.leases.ttl,
+                        due_before=due_before,
+                    )
+                )
 
         def loop() -> None:
             while True:
@@ -186,17 +193,6 @@ class Runner:
         with ThreadPoolExecutor(workers, thread_name_prefix="worker") as pool:
             for future in [pool.submit(loop) for _ in range(workers)]:
                 future.result()
-
-    def _claim(self, names: Collection[str], due_before: dt.datetime) -> tuple[int, str] | None:
-        return self.tx(
-            lambda session: work.claim_due_account(
-                session,
-                names,
-                owner=self.owner,
-                ttl=self.settings.leases.ttl,
-                due_before=due_before,
-            )
-        )
 
     def _extract_backlog(self, result: RunResult) -> None:
         """Pending documents of any account, claimed in batches alongside other workers."""
