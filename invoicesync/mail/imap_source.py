@@ -8,6 +8,10 @@
 - **Selective**: BODYSTRUCTURE first (in batches), then only the document parts
   and text bodies, always with ``BODY.PEEK`` so nothing is marked \\Seen by
   accident; a message is never fetched whole.
+- **Batched**: once the pipeline has said which messages it will read
+  (``prefetch``), messages of the same shape (the same sections to fetch) share one
+  ``UID FETCH``, up to ``PREFETCH_BYTES`` of parts held at a time, instead of a
+  round trip per message.
 - **Post-actions** run only when the pipeline says the mail's work is committed.
 """
 
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from invoicesync.config import AccountSettings, TimeoutSettings
@@ -31,10 +35,15 @@ from invoicesync.mail.structure import (
 )
 from invoicesync.models import FolderPosition, MailRef
 
-__all__ = ["BATCH", "ImapSource"]
+__all__ = ["BATCH", "PREFETCH_BYTES", "ImapSource"]
 
 log = logging.getLogger(__name__)
 BATCH = 200  # UIDs per FETCH: bounded responses, few round trips
+#: Parts (as the server stores them, transfer-encoded) fetched ahead and held at a time.
+#: A single message larger than this is still fetched, alone.
+PREFETCH_BYTES = 8 * 1024 * 1024
+# Messages looked at for a shared FETCH: the next ones the pipeline will ask for.
+_PREFETCH_WINDOW = BATCH
 
 
 class ImapSource:
@@ -56,8 +65,14 @@ class ImapSource:
         self.positions: dict[str, FolderPosition] = {}
         self._plans: dict[tuple[str, int], FetchPlan] = {}
         self._unreadable: dict[tuple[str, int], BadInputError] = {}
+        # Messages the pipeline will fetch next, in order, and the answers fetched ahead.
+        self._upcoming: list[tuple[str, int]] = []
+        self._next: dict[tuple[str, int], int] = {}
+        self._ahead: dict[tuple[str, int], tuple[FetchPlan, dict[bytes, Any]]] = {}
+        self._ahead_bytes = 0
         self.bytes_fetched = 0
         self.bodies_fetched = 0
+        self.fetch_commands = 0
 
     def folders(self) -> Sequence[str]:
         return list(self.settings.folders)
@@ -138,31 +153,79 @@ class ImapSource:
 
     # ------------------------------------------------------------------- fetch
 
+    def prefetch(self, refs: Sequence[MailRef]) -> None:
+        """The messages the pipeline will fetch next, in this order (replaces any earlier list)."""
+        self._upcoming = [(ref.folder, ref.uid) for ref in refs if ref.uid is not None]
+        self._next = {key: index for index, key in enumerate(self._upcoming)}
+        self._ahead.clear()
+        self._ahead_bytes = 0
+
     def fetch(self, ref: MailRef) -> bytes:
         """The message rebuilt from its header and the parts that matter."""
         assert ref.uid is not None
+        key = (ref.folder, ref.uid)
+        unreadable = self._unreadable.pop(key, None)
+        if unreadable is not None:
+            self._plans.pop(key, None)
+            raise unreadable
+        ahead = self._ahead.pop(key, None)
+        if ahead is not None:
+            self._plans.pop(key, None)
+            known, ready = ahead
+            self._ahead_bytes -= _answer_bytes(ready)
+            return self._assembled(known, ready)
         with self.pool.connection() as connection:
             self._ensure_selected(connection, ref.folder)
-            unreadable = self._unreadable.pop((ref.folder, ref.uid), None)
-            if unreadable is not None:
-                raise unreadable
-            plan = self._plans.pop((ref.folder, ref.uid), None)
+            plan = self._plans.pop(key, None)
             if plan is None:
-                answer = connection.fetch([ref.uid], ["BODYSTRUCTURE"]).get(ref.uid)
-                if answer is None:
+                described = connection.fetch([ref.uid], ["BODYSTRUCTURE"]).get(ref.uid)
+                if described is None:
                     raise BadInputError(f"message {ref.key} is gone from {ref.folder}")
-                plan = self._plan(answer[b"BODYSTRUCTURE"])
-            sections = self._sniffed(connection, ref.uid, plan.sections)
-            items = ["BODY.PEEK[HEADER]"]
-            for number in plan.nested:
-                items.append(f"BODY.PEEK[{number}.HEADER]")
-            for section in sections:
-                items += [f"BODY.PEEK[{section.number}.MIME]", f"BODY.PEEK[{section.number}]"]
-            answer = connection.fetch([ref.uid], items).get(ref.uid)
-        if answer is None:
+                plan = self._plan(described[b"BODYSTRUCTURE"])
+            plan = replace(plan, sections=self._sniffed(connection, ref.uid, plan.sections))
+            answer = self._fetch_group(connection, ref, plan)
+        return self._assembled(plan, answer)
+
+    def _fetch_group(self, connection: Any, ref: MailRef, plan: FetchPlan) -> dict[bytes, Any]:
+        """Fetch ``ref`` and, in the same command, upcoming messages of the same shape.
+
+        The others' answers wait in ``_ahead`` (at most ``PREFETCH_BYTES`` of them) until
+        the pipeline asks for them.
+        """
+        assert ref.uid is not None
+        items = _items(plan)
+        group = [ref.uid]
+        budget = PREFETCH_BYTES - self._ahead_bytes - _size(plan)
+        start = self._next.get((ref.folder, ref.uid))
+        if start is not None:
+            for folder, uid in self._upcoming[start + 1 : start + _PREFETCH_WINDOW]:
+                other = self._plans.get((folder, uid))
+                if folder != ref.folder or other is None or (folder, uid) in self._ahead:
+                    continue
+                # Ambiguous parts need a first look of their own: those messages go alone.
+                if any(s.kind == "sniff" for s in other.sections):
+                    continue
+                size = _size(other)
+                if size > budget or _items(other) != items:
+                    continue
+                budget -= size
+                group.append(uid)
+        answers = connection.fetch(group, items)
+        self.fetch_commands += 1
+        for uid in group[1:]:
+            answer = answers.get(uid)
+            if answer is not None:  # an expunged one is found missing when its turn comes
+                self._ahead[(ref.folder, uid)] = (self._plans[(ref.folder, uid)], answer)
+                self._ahead_bytes += _answer_bytes(answer)
+        mine: dict[bytes, Any] | None = answers.get(ref.uid)
+        if mine is None:
             raise BadInputError(f"message {ref.key} is gone from {ref.folder}")
-        self.bytes_fetched += sum(len(v) for v in answer.values() if isinstance(v, bytes))
+        return mine
+
+    def _assembled(self, plan: FetchPlan, answer: dict[bytes, Any]) -> bytes:
+        self.bytes_fetched += _answer_bytes(answer)
         self.bodies_fetched += 1
+        sections = plan.sections
         parts = [
             (
                 section,
@@ -213,6 +276,7 @@ class ImapSource:
         return {
             **asdict(self.pool.stats),
             "bodies_fetched": self.bodies_fetched,
+            "fetch_commands": self.fetch_commands,
             "bytes_fetched": self.bytes_fetched,
         }
 
@@ -222,6 +286,23 @@ class ImapSource:
     def abort(self) -> None:
         """Drop every connection at once (the watchdog's stop)."""
         self.pool.close_all()
+
+
+def _items(plan: FetchPlan) -> list[str]:
+    items = ["BODY.PEEK[HEADER]"]
+    for number in plan.nested:
+        items.append(f"BODY.PEEK[{number}.HEADER]")
+    for section in plan.sections:
+        items += [f"BODY.PEEK[{section.number}.MIME]", f"BODY.PEEK[{section.number}]"]
+    return items
+
+
+def _size(plan: FetchPlan) -> int:
+    return sum(section.size for section in plan.sections)
+
+
+def _answer_bytes(answer: dict[bytes, Any]) -> int:
+    return sum(len(v) for v in answer.values() if isinstance(v, bytes))
 
 
 def _part(answer: dict[bytes, Any], key: str) -> bytes:

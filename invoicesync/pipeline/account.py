@@ -1,11 +1,12 @@
 """One account's work within a run: ingest every folder, extract, apply post-actions.
 
-Each new message is ingested in its own transaction (message + documents +
-links + folder position commit together), then each pending document is
-extracted in its own transaction (invoice + document status). A failure is
-recorded on its item and the account goes on; only account-level fatal errors
-stop it. Between items every loop checks the stop switch and the deadlines, so
-a stop always falls between two commits.
+New messages are committed in small batches (each message with its documents,
+links and the folder position, up to ``_COMMIT_EVERY`` messages or
+``_COMMIT_SECONDS`` per transaction), then each pending document is extracted in
+its own transaction (invoice + document status). A failure is recorded on its
+item and the account goes on; only account-level fatal errors stop it. Between
+items every loop checks the stop switch and the deadlines, so a stop always
+falls between two commits; what a stop leaves uncommitted is committed first.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -61,6 +64,19 @@ _KEY_CHUNK = 500
 # Documents claimed per batch and per model slot: enough to keep every slot busy,
 # few enough that a killed worker holds back little.
 _BATCH = 4
+# Ingested messages per transaction: a commit per message was a fifth of a first ingest.
+# A batch never waits longer than _COMMIT_SECONDS (slow link downloads, say).
+_COMMIT_EVERY = 50
+_COMMIT_SECONDS = 1.0
+
+
+@dataclass
+class _Ingested:
+    """A message parsed, its links followed and its documents on disk: ready to commit."""
+
+    ref: MailRef
+    parsed: ParsedMail
+    documents: list[StoredDocument]
 
 
 class AccountStopped(Exception):
@@ -94,6 +110,8 @@ class AccountJob:
         self._tried_lock = runner.tried_lock
         self._link_retry: RetryPolicy | None = None
         self._session: HttpSession | None = None
+        self._ingested: list[_Ingested] = []
+        self._ingested_since = 0.0
 
     def _download(self, url: str) -> LinkResult:
         """One link through the hardened downloader, under its host's circuit breaker."""
@@ -199,11 +217,27 @@ class AccountJob:
         deadline: Deadline,
         lease: LeaseKeeper,
     ) -> None:
+        try:
+            self._ingest_folder_items(source, account_id, folder, summary, deadline, lease)
+        finally:
+            # Also on a stop: the messages already read are committed, not read again.
+            self._commit_ingested(account_id, summary)
+
+    def _ingest_folder_items(
+        self,
+        source: MailSource,
+        account_id: int,
+        folder: str,
+        summary: AccountSummary,
+        deadline: Deadline,
+        lease: LeaseKeeper,
+    ) -> None:
         with self.db.session() as session:
             position = sync.folder_position(session, account_id, folder)
         seen_before: set[str] | None = None
         handled: set[str] = set()  # this run's: the same bytes twice in one folder are one message
-        for ref in self._new_refs(source.scan(folder, position), account_id, folder, summary):
+        refs = source.scan(folder, position)
+        for ref in self._new_refs(source, refs, account_id, folder, summary):
             if ref.key in handled:
                 continue
             self._check(deadline, lease)
@@ -214,9 +248,11 @@ class AccountJob:
                     with self.db.session() as session:
                         seen_before = sync.done_message_ids(session, account_id, folder)
                 if ref.message_id and ref.message_id in seen_before:
+                    self._commit_ingested(account_id, summary)
                     self._tx(partial(self._record_seen_before, account_id=account_id, ref=ref))
                     continue
             self._ingest_one(source, account_id, ref, summary)
+        self._commit_ingested(account_id, summary)
         current = source.position(folder)
         if current is None or current.uidvalidity is None:
             return  # local sources list every message on every scan
@@ -232,13 +268,20 @@ class AccountJob:
             )
 
     def _new_refs(
-        self, refs: Iterable[MailRef], account_id: int, folder: str, summary: AccountSummary
+        self,
+        source: MailSource,
+        refs: Iterable[MailRef],
+        account_id: int,
+        folder: str,
+        summary: AccountSummary,
     ) -> Iterator[MailRef]:
         """The scanned refs that are not done yet, looked up in chunks.
 
         Never all of a folder's keys at once: an IMAP scan lists only UIDs above the
         last one done, so a run with nothing new costs the same on any mailbox size.
+        Each chunk is announced to a source that can fetch several messages at once.
         """
+        prefetch = getattr(source, "prefetch", None)
         iterator = iter(refs)
         while chunk := list(itertools.islice(iterator, _KEY_CHUNK)):
             summary.seen += len(chunk)
@@ -246,7 +289,10 @@ class AccountJob:
                 done = repo.known_message_keys(
                     session, account_id, folder, keys=[ref.key for ref in chunk]
                 )
-            yield from (ref for ref in chunk if ref.key not in done)
+            new = [ref for ref in chunk if ref.key not in done]
+            if prefetch is not None:
+                prefetch(new)
+            yield from new
 
     def _record_seen_before(self, session: Session, *, account_id: int, ref: MailRef) -> None:
         note = ParsedMail(message_id=ref.message_id, skipped=["stored before a UIDVALIDITY change"])
@@ -309,9 +355,8 @@ class AccountJob:
             # Links may carry access tokens: only their redacted form is ever stored.
             parsed.links = [redact_url(link) for link in parsed.links]
             documents = stages.store_documents(parsed, self.files, max_bytes=self.max_bytes)
-            self._tx(lambda s: self._record(s, account_id, ref, parsed, documents, source))
-        except CircuitOpenError:
-            summary.left_pending += 1  # not an attempt: the endpoint is down, try next run
+        except CircuitOpenError as exc:
+            self._not_tried(account_id, ref, exc, summary)
             return
         except (BadInputError, TransientError) as exc:
             self._message_failed(account_id, ref, exc, summary)
@@ -322,26 +367,108 @@ class AccountJob:
             log.exception("account=%s key=%s unexpected error", ref.account, ref.key[:12])
             self._message_failed(account_id, ref, TransientError(repr(exc)), summary)
             return
-        summary.new_messages += 1
-        summary.documents += len(documents)
+        if not self._ingested:
+            self._ingested_since = time.monotonic()
+        self._ingested.append(_Ingested(ref, parsed, documents))
+        if (
+            len(self._ingested) >= _COMMIT_EVERY
+            or time.monotonic() - self._ingested_since >= _COMMIT_SECONDS
+        ):
+            self._commit_ingested(account_id, summary)
 
-    def _record(
-        self,
-        session: Session,
-        account_id: int,
-        ref: MailRef,
-        parsed: ParsedMail,
-        documents: list[StoredDocument],
-        source: MailSource,
+    def _commit_ingested(self, account_id: int, summary: AccountSummary) -> None:
+        """Commit the messages read since the last commit, in one transaction.
+
+        Should that fail, each is committed on its own, so that one bad message
+        fails alone, as it would have without the batch.
+        """
+        batch, self._ingested = self._ingested, []
+        if not batch:
+            return
+
+        def record_all(session: Session) -> None:
+            for item in batch:
+                self._record(session, account_id, item)
+
+        try:
+            self._tx(record_all)
+        except Exception:
+            if len(batch) == 1:
+                self._commit_one(account_id, batch[0], summary)
+                return
+            log.warning(
+                "account=%s a batch of %d messages failed: one by one",
+                *(summary.account, len(batch)),
+            )
+            for item in batch:
+                self._commit_one(account_id, item, summary)
+            return
+        for item in batch:
+            self._committed(item, summary)
+
+    def _commit_one(self, account_id: int, item: _Ingested, summary: AccountSummary) -> None:
+        with log_context(stage="ingest", message_key=item.ref.key, document=None):
+            try:
+                self._tx(lambda s: self._record(s, account_id, item))
+            except (BadInputError, TransientError) as exc:
+                self._message_failed(account_id, item.ref, exc, summary)
+                return
+            except InvoiceSyncError:
+                raise
+            except Exception as exc:  # a bug must not lose the mail: keep it pending
+                log.exception(
+                    "account=%s key=%s unexpected error", *(item.ref.account, item.ref.key[:12])
+                )
+                self._message_failed(account_id, item.ref, TransientError(repr(exc)), summary)
+                return
+        self._committed(item, summary)
+
+    @staticmethod
+    def _committed(item: _Ingested, summary: AccountSummary) -> None:
+        summary.new_messages += 1
+        summary.documents += len(item.documents)
+
+    def _record(self, session: Session, account_id: int, item: _Ingested) -> None:
+        repo.record_message(
+            session,
+            account_id,
+            item.ref,
+            item.parsed,
+            item.documents,
+            post_action=self._wants_post_action,
+        )
+        sync.advance_position(session, account_id, item.ref)
+
+    def _not_tried(
+        self, account_id: int, ref: MailRef, exc: CircuitOpenError, summary: AccountSummary
     ) -> None:
-        wants_action = self._wants_post_action
-        repo.record_message(session, account_id, ref, parsed, documents, post_action=wants_action)
-        sync.advance_position(session, account_id, ref)
+        """An endpoint's circuit is open: the mail waits for the next run, not counted as tried.
+
+        It is recorded all the same, so that later mails moving the folder position past
+        it cannot make it forgotten.
+        """
+        self._commit_ingested(account_id, summary)
+        record = partial(
+            repo.record_message_failure,
+            account=account_id,
+            ref=ref,
+            status=Status.PENDING,
+            error=f"not tried: {exc}",
+            attempt=False,
+        )
+
+        def not_tried(session: Session) -> None:
+            record(session)
+            sync.advance_position(session, account_id, ref)
+
+        self._tx(not_tried)
+        summary.left_pending += 1
 
     def _message_failed(
         self, account_id: int, ref: MailRef, exc: InvoiceSyncError, summary: AccountSummary
     ) -> None:
         self.switch.raise_if_tripped()  # failures caused by the stop itself are not recorded
+        self._commit_ingested(account_id, summary)  # the position must pass them first
         wanted = Status.FAILED_TRANSIENT if isinstance(exc, TransientError) else Status.FAILED_FATAL
         reason = f"{exc.kind}: {exc}"
 

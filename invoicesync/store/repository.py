@@ -182,17 +182,20 @@ def record_message_failure(
     status: str,
     error: str,
     max_attempts: int | None = None,
+    attempt: bool = True,
 ) -> str:
     """Record a failed message, counting the attempt; returns the status it ends up with.
 
     A transient failure stays workable for the next run until ``max_attempts``
     attempts have failed; then it is parked as failed_fatal with the reason.
+    ``attempt=False`` records a message that was not tried (an endpoint's circuit was
+    open), so that it is not forgotten once the folder position passes it.
     """
     now = _now()
     statement = dialect_insert(session, Message).values(
         **_message_values(account, ref),
         status=status,
-        attempts=1,
+        attempts=int(attempt),
         last_error=error,
         links=[],
         notes=[],
@@ -204,7 +207,7 @@ def record_message_failure(
             index_elements=["account_id", "folder", "key"],
             set_={
                 "status": status,
-                "attempts": Message.attempts + 1,
+                "attempts": Message.attempts + int(attempt),
                 "last_error": error,
                 "updated_at": now,
             },

@@ -10,6 +10,7 @@ from pydantic import SecretStr
 from sqlalchemy import select
 
 from invoicesync import load_settings, run
+from invoicesync.mail import imap_source
 from invoicesync.pipeline.runner import RunResult
 from invoicesync.store.db import Database
 from invoicesync.store.schema import Message
@@ -403,3 +404,32 @@ password = "p"
     database.dispose()
     assert run_row.status == "aborted"
     assert len(exported(f"sqlite:///{tmp_path / 'db.sqlite'}")) == 14  # 13 live + 1 duplicate
+
+
+@pytest.mark.parametrize("budget", [imap_source.PREFETCH_BYTES, 1])
+def test_mails_of_one_shape_share_a_fetch_within_the_budget(
+    dovecot: Dovecot,
+    imap_user: ImapUser,
+    tmp_path: Path,
+    reference: list[tuple[str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+    budget: int,
+) -> None:
+    """Messages with the same sections to fetch share a UID FETCH, unless the budget is spent.
+
+    With a budget of one byte, every message is fetched alone; either way the invoices are
+    those of the local sample, and every mail's parts are fetched exactly once.
+    """
+    monkeypatch.setattr(imap_source, "PREFETCH_BYTES", budget)
+    _fill(dovecot, imap_user)
+    result = _run(_imap_config(tmp_path, dovecot, imap_user))
+    [summary] = result.accounts
+    assert result.exit_code == 0, result.accounts
+    assert exported(f"sqlite:///{tmp_path / 'db.sqlite'}") == reference
+    transfer = summary.transfer
+    assert transfer["bodies_fetched"] == summary.seen
+    if budget == 1:
+        assert transfer["fetch_commands"] == transfer["bodies_fetched"]
+    else:
+        # The sample has plain, multipart/alternative and PDF mails: far fewer shapes than mails.
+        assert transfer["fetch_commands"] <= transfer["bodies_fetched"] // 2

@@ -181,7 +181,11 @@ def test_transient_failures_are_retried_next_run_then_parked(db_url: str, tmp_pa
 
 
 def test_open_breaker_leaves_the_rest_pending(db_url: str, tmp_path: Path) -> None:
-    """3 transient failures in a row open the endpoint's breaker; the rest stays pending."""
+    """3 transient failures in a row open the endpoint's breaker; the rest stays pending.
+
+    The untried mails are on record (pending, no attempt counted), so that the folder
+    position passing them cannot make them forgotten.
+    """
     settings = _settings(tmp_path, db_url)
     database = Database(db_url)
     database.upgrade()
@@ -190,11 +194,16 @@ def test_open_breaker_leaves_the_rest_pending(db_url: str, tmp_path: Path) -> No
     )
     [summary] = runner.run().accounts
     with database.session() as session:
-        recorded = session.scalars(select(Message.status)).all()
+        recorded = session.execute(
+            select(Message.status, Message.attempts, Message.last_error).order_by(Message.uid)
+        ).all()
     database.dispose()
     assert (summary.failed, summary.retry_later, summary.left_pending) == (3, 3, 2)
     assert summary.status == "partial" and "circuit open for 127.0.0.1:9" in (summary.error or "")
-    assert recorded == ["failed_transient"] * 3  # the two untried ones have no failure on record
+    assert [(status, attempts) for status, attempts, _ in recorded] == [
+        ("failed_transient", 1)
+    ] * 3 + [("pending", 0)] * 2
+    assert all(error.startswith("not tried:") for _, _, error in recorded[3:])
 
 
 def test_leases_exclude_and_expire(db_url: str) -> None:
