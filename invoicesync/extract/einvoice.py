@@ -85,7 +85,7 @@ class EInvoiceExtractor:
     ) -> Invoice | None:
         """The e-invoice in ``data`` (a PDF or an XML file); ``None`` if there is none."""
         if is_pdf(data):
-            xml = find_invoice_xml(embedded_files(data))
+            xml = find_invoice_xml(embedded_files(data, names=INVOICE_XML_NAMES))
             return None if xml is None else parse_einvoice(xml)
         if data.lstrip(_XML_LEAD).startswith(b"<"):
             return parse_einvoice(data)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -100,12 +100,20 @@ def first_pages(data: bytes, count: int) -> tuple[bytes, int]:
     return out.getvalue(), count
 
 
-def embedded_files(data: bytes) -> list[tuple[str, bytes]]:
-    """Files embedded in the PDF (name, content), in document order."""
+def embedded_files(data: bytes, names: Collection[str] | None = None) -> list[tuple[str, bytes]]:
+    """Files embedded in the PDF (name, content), in document order.
+
+    With ``names`` (lowercase), only files of those names (any directory, any case) are
+    read: a PDF may embed a 20 MB scan archive next to a 20 KB invoice XML.
+    """
     reader = open_pdf(data)
     with _translated("unreadable PDF attachments"):
-        return [
-            (attachment.name, attachment.content)
-            for attachment in reader.attachment_list
-            if attachment.content
-        ]
+        found = []
+        for attachment in reader.attachment_list:
+            name = attachment.name
+            if names is not None and name.rsplit("/", 1)[-1].strip().lower() not in names:
+                continue
+            content = attachment.content
+            if content:
+                found.append((name, content))
+        return found

@@ -367,6 +367,7 @@ class AccountJob:
             log.exception("account=%s key=%s unexpected error", ref.account, ref.key[:12])
             self._message_failed(account_id, ref, TransientError(repr(exc)), summary)
             return
+        parsed.attachments = []  # on disk now: a batch must not hold documents in memory
         if not self._ingested:
             self._ingested_since = time.monotonic()
         self._ingested.append(_Ingested(ref, parsed, documents))
@@ -387,8 +388,7 @@ class AccountJob:
             return
 
         def record_all(session: Session) -> None:
-            for item in batch:
-                self._record(session, account_id, item)
+            self._record(session, account_id, batch)
 
         try:
             self._tx(record_all)
@@ -409,7 +409,7 @@ class AccountJob:
     def _commit_one(self, account_id: int, item: _Ingested, summary: AccountSummary) -> None:
         with log_context(stage="ingest", message_key=item.ref.key, document=None):
             try:
-                self._tx(lambda s: self._record(s, account_id, item))
+                self._tx(lambda s: self._record(s, account_id, [item]))
             except (BadInputError, TransientError) as exc:
                 self._message_failed(account_id, item.ref, exc, summary)
                 return
@@ -428,16 +428,21 @@ class AccountJob:
         summary.new_messages += 1
         summary.documents += len(item.documents)
 
-    def _record(self, session: Session, account_id: int, item: _Ingested) -> None:
-        repo.record_message(
+    def _record(self, session: Session, account_id: int, batch: list[_Ingested]) -> None:
+        repo.record_messages(
             session,
             account_id,
-            item.ref,
-            item.parsed,
-            item.documents,
+            [repo.NewMessage(item.ref, item.parsed, item.documents) for item in batch],
             post_action=self._wants_post_action,
         )
-        sync.advance_position(session, account_id, item.ref)
+        # The position only moves forward: the newest UID of each folder is enough.
+        newest: dict[tuple[str, int | None], MailRef] = {}
+        for item in batch:
+            key = (item.ref.folder, item.ref.uidvalidity)
+            if key not in newest or (item.ref.uid or 0) > (newest[key].uid or 0):
+                newest[key] = item.ref
+        for ref in newest.values():
+            sync.advance_position(session, account_id, ref)
 
     def _not_tried(
         self, account_id: int, ref: MailRef, exc: CircuitOpenError, summary: AccountSummary

@@ -11,7 +11,12 @@ from pypdf import PdfWriter
 
 from invoicesync.errors import BadDocumentError, UnsafeXmlError
 from invoicesync.extract.base import Extractor
-from invoicesync.extract.einvoice import EInvoiceExtractor, find_invoice_xml, parse_einvoice
+from invoicesync.extract.einvoice import (
+    INVOICE_XML_NAMES,
+    EInvoiceExtractor,
+    find_invoice_xml,
+    parse_einvoice,
+)
 from invoicesync.extract.pdf import embedded_files
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
@@ -101,6 +106,10 @@ def test_invoice_xml_found_behind_other_attachments() -> None:
     invoice = EInvoiceExtractor().extract(pdf)
     assert invoice is not None
     assert invoice.invoice_number == "181301674"
+    # Only the invoice XML is read: never a large scan or image beside it.
+    wanted = embedded_files(pdf, names=INVOICE_XML_NAMES)
+    assert [name for name, _ in wanted] == ["factur-x.xml"]
+    assert wanted == [item for item in embedded_files(pdf) if item[0] == "factur-x.xml"]
 
 
 @pytest.mark.parametrize("pdf", PLAIN_PDFS, ids=lambda path: path.name)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
+import random
 import re
 from dataclasses import dataclass, field
 from email import policy
@@ -911,3 +912,21 @@ def test_assemble_of_nothing_keeps_the_headers() -> None:
     assembled = assemble(split(raw).header, [], {})
     assert summary(parse_mail(assembled))["headers"] == summary(parse_mail(raw))["headers"]
     assert parse_mail(assembled).attachments == []
+
+
+@pytest.mark.parametrize("single", [False, True], ids=["attached", "whole body"])
+@pytest.mark.parametrize("smtp", [False, True], ids=["LF", "CRLF"])
+def test_large_base64_documents_are_rewrapped_into_long_lines(single: bool, smtp: bool) -> None:
+    """A 300 KB PDF's base64 arrives in 76-character lines; the assembled mail has few, long
+    lines, and parse_mail still takes exactly the same document from it."""
+    pdf = PDF + bytes(random.Random(7).getrandbits(8) for _ in range(300_000))
+    if single:
+        message = _mail()
+        message.set_content(pdf, "application", "pdf", filename="gross.pdf")
+    else:
+        message = _with(_mail(), pdf, "application/pdf", "gross.pdf")
+    raw = message.as_bytes(policy=policy.SMTP) if smtp else bytes(message)
+    assembled, _ = fetch_and_assemble(raw, assert_round_trip(raw))
+    [attachment] = parse_mail(assembled).attachments
+    assert attachment.data == pdf
+    assert raw.count(b"\n") > 5000 and assembled.count(b"\n") < 100
