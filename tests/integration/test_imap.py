@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,8 @@ from invoicesync.store.schema import Message
 from tests.conftest import EXAMPLES, write_config
 from tests.dovecot import Dovecot, ImapUser, SilentImap
 from tests.helpers import exported
+from tests.integration.test_links_pipeline import PDF as LINKED_PDF
+from tests.integration.test_links_pipeline import Site, _mails
 
 SAMPLE = sorted((EXAMPLES / "mailbox" / "cur").iterdir())
 INSTANT = "[retries]\ntime_scale = 0\n"
@@ -433,3 +437,48 @@ def test_mails_of_one_shape_share_a_fetch_within_the_budget(
     else:
         # The sample has plain, multipart/alternative and PDF mails: far fewer shapes than mails.
         assert transfer["fetch_commands"] <= transfer["bodies_fetched"] // 2
+
+
+@pytest.fixture
+def link_site() -> Iterator[Site]:
+    server = Site()
+    yield server
+    server.server.shutdown()
+    server.server.server_close()
+
+
+def test_mails_skipped_by_an_open_breaker_are_not_passed_by_the_folder_position(
+    dovecot: Dovecot, imap_user: ImapUser, tmp_path: Path, link_site: Site
+) -> None:
+    """Link mails left untried by an open download breaker, then a mail that is stored:
+
+    the folder position moves past the untried ones, which must still be tried next run.
+    """
+    link_site.answer = (500, "text/plain", b"down")
+    for path in sorted(_mails(tmp_path / "mb", f"{link_site.url}/inv.pdf", 5).glob("cur/*")):
+        dovecot.append(imap_user.name, "INBOX", path.read_bytes())
+    dovecot.append(imap_user.name, "INBOX", _attached_pdf_mail())
+    links = '[links]\nallow_hosts = ["127.0.0.1/32"]\nretries = 1\n'
+    config = _imap_config(tmp_path, dovecot, imap_user, extra=links)
+    [first] = _run(config).accounts
+    assert (first.seen, first.retry_later, first.left_pending) == (6, 3, 2)
+    assert len(link_site.requests) == 3 * 2  # the breaker opened: mails 4 and 5 were not tried
+    link_site.answer = (200, "application/pdf", LINKED_PDF)
+    link_site.requests.clear()
+    [second] = _run(config).accounts
+    assert second.seen == 0  # nothing new: the position is past all six
+    assert sorted(link_site.requests) == sorted(f"/inv.pdf?token=s3cr3t-{n}" for n in range(5))
+    database = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    with database.session() as session:
+        statuses = session.scalars(select(Message.status)).all()
+    database.dispose()
+    assert len(statuses) == 6 and set(statuses) <= {"ok", "no_invoice"}
+
+
+def _attached_pdf_mail() -> bytes:
+    message = EmailMessage()
+    message["From"], message["Subject"] = "billing@other.example", "Rechnung"
+    message.set_content("Anbei die Rechnung.")
+    pdf = (EXAMPLES / "documents" / "XR_EN16931_Einfach.pdf").read_bytes()
+    message.add_attachment(pdf, "application", "pdf", filename="rechnung.pdf")
+    return message.as_bytes()
