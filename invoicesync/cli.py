@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from invoicesync import logs
+from invoicesync import logs, malloc
 from invoicesync.config import Settings, config_path, load_settings
 from invoicesync.errors import ConfigError, FatalError, InvoiceSyncError, RunAborted
 from invoicesync.metrics import RunMetrics
@@ -94,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    malloc.return_large_buffers()  # before the first large buffer
     sys.exit(run_cli(argv))
 
 
