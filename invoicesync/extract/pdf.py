@@ -1,7 +1,12 @@
-"""PDF access over pypdf: text layer and embedded files.
+"""PDF access: text layer (PDFium), embedded files and page cuts (pypdf).
 
-Every failure of pypdf on hostile or broken input becomes a ``BadDocumentError``:
-pypdf raises a wide range of exception types on malformed files (its own
+pypdf opens every file first and decides what is broken, truncated or locked by
+a password. The text is then read by PDFium (pypdfium2): 13 times faster than
+pypdf's text extraction, with exactly the same fields right on the corpus for
+the offline extractor (``bench/README.md``).
+
+Every failure on hostile or broken input becomes a ``BadDocumentError``: pypdf
+raises a wide range of exception types on malformed files (its own
 ``PdfReadError`` but also ``ValueError``, ``KeyError``, ``RecursionError`` ...),
 so the translation here is deliberately broad.
 """
@@ -10,6 +15,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -24,6 +30,10 @@ __all__ = ["PDF_MAGIC", "embedded_files", "first_pages", "is_pdf", "open_pdf", "
 
 # pypdf logs every recoverable oddity at WARNING; in a mail pipeline these are noise.
 logging.getLogger("pypdf").setLevel(logging.ERROR)
+# PDFium is not thread-safe, not even for different documents: one call at a time.
+_PDFIUM = threading.Lock()
+# PDFium marks a hyphen at a line break as U+0002; pypdf and people write "-".
+_PDFIUM_TEXT = str.maketrans({"\x02": "-"})
 
 
 @contextmanager
@@ -60,13 +70,27 @@ def _opens_without_password(reader: PdfReader) -> bool:
 
 def pdf_text(data: bytes, *, max_pages: int | None = None) -> str:
     """The text layer, one ``--- page N ---`` marker before each page."""
-    reader = open_pdf(data)
+    pages = len(open_pdf(data).pages)
+    if max_pages is not None:
+        pages = min(pages, max_pages)
+    import pypdfium2  # imported by the first PDF: a run with none starts faster
+
     parts: list[str] = []
-    with _translated("unreadable PDF text"):
-        for number, page in enumerate(reader.pages, start=1):
-            if max_pages is not None and number > max_pages:
-                break
-            parts.append(f"--- page {number} ---\n{_valid_unicode(page.extract_text() or '')}")
+    with _translated("unreadable PDF text"), _PDFIUM:
+        document = pypdfium2.PdfDocument(data)
+        try:
+            for index in range(min(pages, len(document))):
+                page = document[index]
+                textpage = page.get_textpage()
+                try:
+                    text = textpage.get_text_bounded()
+                finally:
+                    textpage.close()
+                    page.close()
+                text = text.replace("\r\n", "\n").translate(_PDFIUM_TEXT)
+                parts.append(f"--- page {index + 1} ---\n{_valid_unicode(text)}")
+        finally:
+            document.close()
     return "\n".join(parts)
 
 

@@ -235,13 +235,17 @@ def test_without_a_valid_cache_entry_the_model_is_asked_again(
 def test_a_failing_endpoint_opens_its_breaker_and_the_rest_waits_for_the_next_run(
     openai_server: OpenAIServer, tmp_path: Path
 ) -> None:
-    """5xx on every request: 3 documents × 2 attempts, then the breaker; nothing lost."""
+    """5xx on every request: 3 documents × 2 attempts, then the breaker; nothing lost.
+
+    One request at a time, so that no fourth document is already in flight when the
+    breaker opens (with more, the count depends on which thread is faster).
+    """
     openai_server.default = error_reply(500, "upstream failed")
     config = _config(tmp_path, openai_server, "[breaker]\nthreshold = 3")
-    config.write_text(
-        config.read_text(encoding="utf-8").replace("time_scale = 0", "time_scale = 0\nopenai = 2"),
-        encoding="utf-8",
+    text = config.read_text(encoding="utf-8").replace(
+        "time_scale = 0", "time_scale = 0\nopenai = 2"
     )
+    config.write_text(text.replace("max_concurrency = 2", "max_concurrency = 1"), encoding="utf-8")
     down = run(load_settings(config))
     [summary] = down.accounts
     assert down.exit_code == 1 and summary.status == "partial"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-HEAVY = ("alembic", "openai", "pypdf", "requests", "lxml.html", "rich.live")
+HEAVY = ("alembic", "openai", "pypdf", "pypdfium2", "requests", "lxml.html", "rich.live")
 
 
 def test_the_runner_imports_no_heavy_library() -> None:
