@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import hashlib
 import itertools
 import quopri
 import re
@@ -426,16 +425,16 @@ def _rewrite(header: bytes, content_type: bytes, eol: bytes) -> bytes:
 
 
 def _boundary(chunks: list[bytes | memoryview]) -> bytes:
-    """Deterministic, and absent from the content: "=_" never occurs in base64 or QP text.
+    """The first of a fixed series absent from the content ("=_" never occurs in base64 or QP).
 
-    ``chunks`` are the pieces of the content; each ends or is followed by a line break,
-    which a boundary does not contain, so none can straddle two of them.
+    Fixed, not random: the email package compiles a regular expression per boundary,
+    and caches it only for a boundary it has seen before. ``chunks`` are the pieces of
+    the content; each ends or is followed by a line break, which a boundary does not
+    contain, so none can straddle two of them. An enclosing multipart sees the inner
+    ones' boundaries in its content and so takes the next one.
     """
-    digest = hashlib.sha256()
-    for chunk in chunks:
-        digest.update(chunk)
-    for attempt in itertools.count():  # a sha256 inside its own input: never, but check
-        boundary = f"=_invoicesync_{digest.hexdigest()[:32]}_{attempt}".encode()
+    for attempt in itertools.count():
+        boundary = f"=_invoicesync_{attempt}".encode()
         if not any(
             boundary in bytes(chunk) if isinstance(chunk, memoryview) else boundary in chunk
             for chunk in chunks
