@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
@@ -534,44 +534,52 @@ class AccountJob:
         """
         # A model answer takes seconds: documents go to it side by side, up to its
         # max_concurrency. Local extractors are quick and run one after another.
-        workers = self.settings.openai.max_concurrency if self.extractors.uses_model else 1
-        ttl = self.settings.leases.ttl
+        if self.extractors.uses_model and self.settings.openai.max_concurrency > 1:
+            self._extract_side_by_side(account_id, summary, check)
+            return
         while True:
             check()
-            with self._tried_lock:
-                tried = set(self._tried)
-            batch = self._tx(
-                partial(
-                    work.claim_documents,
-                    owner=self.owner,
-                    ttl=ttl,
-                    limit=_BATCH * workers,
-                    account=account_id,
-                    exclude=tried,
-                )
-            )
+            batch = self._claim(account_id, _BATCH)
             if not batch:
                 return
-            with self._tried_lock:
-                self._tried.update(document.id for document in batch)
             try:
-                self._extract_batch(batch, summary, check, workers)
+                for document in batch:
+                    check()
+                    self._extract_one(document, summary)
             finally:
-                ids = [document.id for document in batch]
-                self._tx(partial(work.release_documents, owner=self.owner, ids=ids))
+                self._release([document.id for document in batch])
 
-    def _extract_batch(
-        self,
-        documents: list[Document],
-        summary: AccountSummary,
-        check: Callable[[], None],
-        workers: int,
+    def _claim(self, account_id: int | None, limit: int) -> list[Document]:
+        with self._tried_lock:
+            tried = set(self._tried)
+        batch = self._tx(
+            partial(
+                work.claim_documents,
+                owner=self.owner,
+                ttl=self.settings.leases.ttl,
+                limit=limit,
+                account=account_id,
+                exclude=tried,
+            )
+        )
+        with self._tried_lock:
+            self._tried.update(document.id for document in batch)
+        return batch
+
+    def _release(self, ids: list[int]) -> None:
+        if ids:
+            self._tx(partial(work.release_documents, owner=self.owner, ids=ids))
+
+    def _extract_side_by_side(
+        self, account_id: int | None, summary: AccountSummary, check: Callable[[], None]
     ) -> None:
-        if workers <= 1 or len(documents) <= 1:
-            for document in documents:
-                check()
-                self._extract_one(document, summary)
-            return
+        """Up to max_concurrency documents at the model at once, without gaps between batches.
+
+        The next batch is claimed while the current one is still being read, as soon as
+        fewer documents wait than there are slots, so a slot never idles for a claim.
+        Each batch's claims are released once all its documents are done.
+        """
+        workers = self.settings.openai.max_concurrency
         merge = threading.Lock()
         context = logs.current_context()
 
@@ -585,15 +593,43 @@ class AccountJob:
                     with merge:
                         summary.merge(mine)
 
-        with ThreadPoolExecutor(workers, thread_name_prefix="extract") as pool:
-            futures = [pool.submit(one, document) for document in documents]
-            try:
-                for future in futures:
-                    future.result()  # the first stop (deadline, lease, abort) ends the rest
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
+        batches: list[tuple[list[int], list[Future[None]]]] = []
+        try:
+            with ThreadPoolExecutor(workers, thread_name_prefix="extract") as pool:
+                try:
+                    claiming = True
+                    while True:
+                        waiting = sum(
+                            not future.running() and not future.done()
+                            for _, futures in batches
+                            for future in futures
+                        )
+                        if claiming and waiting < workers:
+                            check()
+                            batch = self._claim(account_id, _BATCH * workers)
+                            claiming = bool(batch)
+                            if batch:
+                                futures = [pool.submit(one, document) for document in batch]
+                                batches.append(([document.id for document in batch], futures))
+                        for ids, futures in list(batches):
+                            for future in futures:
+                                if future.done():
+                                    future.result()  # the first stop (deadline, abort) ends all
+                            if all(future.done() for future in futures):
+                                batches.remove((ids, futures))
+                                self._release(ids)
+                        live = [f for _, futures in batches for f in futures if not f.done()]
+                        if not live and not claiming:
+                            return
+                        if live:
+                            wait(live, return_when=FIRST_COMPLETED)
+                except BaseException:
+                    for _, futures in batches:
+                        for future in futures:
+                            future.cancel()
+                    raise
+        finally:
+            self._release([id_ for ids, _ in batches for id_ in ids])
 
     def _extract_one(self, document: Document, summary: AccountSummary) -> None:
         with log_context(stage="extract", message_key=None, document=document.sha256[:12]):
