@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 # Real servers as fixtures: Dovecot IMAP with its OAuth2 token server; an OpenAI-compatible API.
-pytest_plugins = ["tests.dovecot", "tests.openai_server"]
+pytest_plugins = ["tests.dovecot", "tests.link_site", "tests.openai_server"]
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "tests" / "corpus"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -19,8 +18,8 @@ from invoicesync.store.schema import Message
 from tests.conftest import EXAMPLES, write_config
 from tests.dovecot import Dovecot, ImapUser, SilentImap
 from tests.helpers import exported
-from tests.integration.test_links_pipeline import PDF as LINKED_PDF
-from tests.integration.test_links_pipeline import Site, _mails
+from tests.link_site import PDF as LINKED_PDF
+from tests.link_site import Site, link_mails
 
 SAMPLE = sorted((EXAMPLES / "mailbox" / "cur").iterdir())
 INSTANT = "[retries]\ntime_scale = 0\n"
@@ -439,35 +438,27 @@ def test_mails_of_one_shape_share_a_fetch_within_the_budget(
         assert transfer["fetch_commands"] <= transfer["bodies_fetched"] // 2
 
 
-@pytest.fixture
-def link_site() -> Iterator[Site]:
-    server = Site()
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
-
-
 def test_mails_skipped_by_an_open_breaker_are_not_passed_by_the_folder_position(
-    dovecot: Dovecot, imap_user: ImapUser, tmp_path: Path, link_site: Site
+    dovecot: Dovecot, imap_user: ImapUser, tmp_path: Path, site: Site
 ) -> None:
     """Link mails left untried by an open download breaker, then a mail that is stored:
 
     the folder position moves past the untried ones, which must still be tried next run.
     """
-    link_site.answer = (500, "text/plain", b"down")
-    for path in sorted(_mails(tmp_path / "mb", f"{link_site.url}/inv.pdf", 5).glob("cur/*")):
+    site.answer = (500, "text/plain", b"down")
+    for path in sorted(link_mails(tmp_path / "mb", f"{site.url}/inv.pdf", 5).glob("cur/*")):
         dovecot.append(imap_user.name, "INBOX", path.read_bytes())
     dovecot.append(imap_user.name, "INBOX", _attached_pdf_mail())
     links = '[links]\nallow_hosts = ["127.0.0.1/32"]\nretries = 1\n'
     config = _imap_config(tmp_path, dovecot, imap_user, extra=links)
     [first] = _run(config).accounts
     assert (first.seen, first.retry_later, first.left_pending) == (6, 3, 2)
-    assert len(link_site.requests) == 3 * 2  # the breaker opened: mails 4 and 5 were not tried
-    link_site.answer = (200, "application/pdf", LINKED_PDF)
-    link_site.requests.clear()
+    assert len(site.requests) == 3 * 2  # the breaker opened: mails 4 and 5 were not tried
+    site.answer = (200, "application/pdf", LINKED_PDF)
+    site.requests.clear()
     [second] = _run(config).accounts
     assert second.seen == 0  # nothing new: the position is past all six
-    assert sorted(link_site.requests) == sorted(f"/inv.pdf?token=s3cr3t-{n}" for n in range(5))
+    assert sorted(site.requests) == sorted(f"/inv.pdf?token=s3cr3t-{n}" for n in range(5))
     database = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
     with database.session() as session:
         statuses = session.scalars(select(Message.status)).all()

@@ -2,73 +2,15 @@
 
 from __future__ import annotations
 
-import http.server
-import threading
-from collections.abc import Iterator
-from email.message import EmailMessage
 from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 
 from invoicesync import load_settings, run
 from invoicesync.export import invoice_records
 from invoicesync.store.db import Database
 from invoicesync.store.schema import Document, Message, MessageDocument
-from tests.conftest import EXAMPLES
-
-PDF = (EXAMPLES / "documents" / "XR_EN16931_Einfach.pdf").read_bytes()
-
-
-class Site:
-    """A loopback web server whose answers the test sets; it counts every request."""
-
-    def __init__(self) -> None:
-        self.requests: list[str] = []
-        self.answer: tuple[int, str, bytes] = (200, "application/pdf", PDF)
-        site = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                site.requests.append(self.path)
-                status, content_type, body = site.answer
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
-@pytest.fixture
-def site() -> Iterator[Site]:
-    server = Site()
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
-
-
-def _mails(root: Path, url: str, count: int = 1) -> Path:
-    for sub in ("cur", "new", "tmp"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    for number in range(count):
-        message = EmailMessage()
-        message["From"], message["To"] = "billing@vendor.example", "ap@buyer.example"
-        message["Subject"] = f"Your invoice is ready ({number})"
-        message["Message-ID"] = f"<link{number}@vendor.example>"
-        message.set_content(f"Download your invoice here: {url}?token=s3cr3t-{number}\n")
-        message.add_alternative(
-            f'<p>Your invoice: <a href="{url}?token=s3cr3t-{number}">download</a></p>',
-            subtype="html",
-        )
-        (root / "cur" / f"17000000{number:02d}.L{number}.test:2,S").write_bytes(message.as_bytes())
-    return root
+from tests.link_site import PDF, Site, link_mails
 
 
 def _config(tmp_path: Path, maildir: Path, *, allow: bool) -> Path:
@@ -111,7 +53,7 @@ def _notes(tmp_path: Path) -> list[str]:
 
 def test_invoice_behind_an_allowed_link_is_stored_once(site: Site, tmp_path: Path) -> None:
     """Two mails linking the same PDF: downloaded, one invoice, origin link, query redacted."""
-    config = _config(tmp_path, _mails(tmp_path / "mb", f"{site.url}/inv.pdf", 2), allow=True)
+    config = _config(tmp_path, link_mails(tmp_path / "mb", f"{site.url}/inv.pdf", 2), allow=True)
     result = run(load_settings(config))
     assert result.exit_code == 0 and result.accounts[0].invoices == 1
     database = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
@@ -130,7 +72,7 @@ def test_invoice_behind_an_allowed_link_is_stored_once(site: Site, tmp_path: Pat
 
 def test_link_without_allow_list_is_refused_without_connecting(site: Site, tmp_path: Path) -> None:
     """The same loopback link with no allow-list: refused, nothing reached the server, exit 0."""
-    config = _config(tmp_path, _mails(tmp_path / "mb", f"{site.url}/inv.pdf"), allow=False)
+    config = _config(tmp_path, link_mails(tmp_path / "mb", f"{site.url}/inv.pdf"), allow=False)
     result = run(load_settings(config))
     assert result.exit_code == 0 and result.accounts[0].invoices == 0
     assert site.requests == []
@@ -141,7 +83,7 @@ def test_link_without_allow_list_is_refused_without_connecting(site: Site, tmp_p
 def test_login_wall_is_not_a_pdf_and_the_run_goes_on(site: Site, tmp_path: Path) -> None:
     """An HTML page behind the link is recorded as not_a_pdf with its host; no failure."""
     site.answer = (200, "application/pdf", b"<html><body>Please log in</body></html>")
-    config = _config(tmp_path, _mails(tmp_path / "mb", f"{site.url}/inv.pdf"), allow=True)
+    config = _config(tmp_path, link_mails(tmp_path / "mb", f"{site.url}/inv.pdf"), allow=True)
     result = run(load_settings(config))
     assert result.exit_code == 0
     [note] = _notes(tmp_path)
@@ -151,7 +93,7 @@ def test_login_wall_is_not_a_pdf_and_the_run_goes_on(site: Site, tmp_path: Path)
 def test_server_errors_keep_the_mail_pending_for_the_next_run(site: Site, tmp_path: Path) -> None:
     """5xx after the retries: the mail stays pending (exit 1); once the server heals, stored."""
     site.answer = (503, "text/plain", b"busy")
-    config = _config(tmp_path, _mails(tmp_path / "mb", f"{site.url}/inv.pdf"), allow=True)
+    config = _config(tmp_path, link_mails(tmp_path / "mb", f"{site.url}/inv.pdf"), allow=True)
     first = run(load_settings(config))
     assert first.exit_code == 1 and first.accounts[0].retry_later == 1
     assert len(site.requests) == 2  # 1 + [links] retries
@@ -163,7 +105,7 @@ def test_server_errors_keep_the_mail_pending_for_the_next_run(site: Site, tmp_pa
 def test_breaker_opens_for_a_failing_download_host(site: Site, tmp_path: Path) -> None:
     """After 3 mails fail on one host its breaker opens: the rest stay pending, not failed."""
     site.answer = (500, "text/plain", b"down")
-    config = _config(tmp_path, _mails(tmp_path / "mb", f"{site.url}/inv.pdf", 5), allow=True)
+    config = _config(tmp_path, link_mails(tmp_path / "mb", f"{site.url}/inv.pdf", 5), allow=True)
     result = run(load_settings(config))
     [summary] = result.accounts
     assert (summary.retry_later, summary.left_pending) == (3, 2)
