@@ -168,6 +168,7 @@ class ImapSource:
         if unreadable is not None:
             self._plans.pop(key, None)
             raise unreadable
+        self._drop_passed_over(key)
         ahead = self._ahead.pop(key, None)
         if ahead is not None:
             self._plans.pop(key, None)
@@ -185,6 +186,14 @@ class ImapSource:
             plan = replace(plan, sections=self._sniffed(connection, ref.uid, plan.sections))
             answer = self._fetch_group(connection, ref, plan)
         return self._assembled(plan, answer)
+
+    def _drop_passed_over(self, key: tuple[str, int]) -> None:
+        """Forget answers fetched ahead for mails before ``key`` that were never asked for."""
+        index = self._next.get(key)
+        if index is None or not self._ahead:
+            return
+        for stale in [k for k in self._ahead if self._next.get(k, index) < index]:
+            self._ahead_bytes -= _answer_bytes(self._ahead.pop(stale)[1])
 
     def _fetch_group(self, connection: Any, ref: MailRef, plan: FetchPlan) -> dict[bytes, Any]:
         """Fetch ``ref`` and, in the same command, upcoming messages of the same shape.
@@ -210,7 +219,15 @@ class ImapSource:
                     continue
                 budget -= size
                 group.append(uid)
-        answers = connection.fetch(group, items)
+        try:
+            answers = connection.fetch(group, items)
+        except ProtocolError:
+            if len(group) == 1:
+                raise
+            # A server may refuse a whole FETCH for one bad message: ask for this one alone,
+            # so that only the bad one fails, on its own turn.
+            group = [ref.uid]
+            answers = connection.fetch(group, items)
         self.fetch_commands += 1
         for uid in group[1:]:
             answer = answers.get(uid)
@@ -281,6 +298,8 @@ class ImapSource:
         }
 
     def close(self) -> None:
+        self._ahead.clear()
+        self._ahead_bytes = 0
         self.pool.logout_all()
 
     def abort(self) -> None:

@@ -18,6 +18,7 @@ import datetime as dt
 import hashlib
 import quopri
 import re
+from collections.abc import Callable
 from email import errors as email_errors
 from email import policy
 from email.errors import HeaderParseError
@@ -26,6 +27,7 @@ from email.message import Message
 from email.parser import BytesFeedParser, BytesParser
 from email.utils import parsedate_to_datetime
 from html.parser import HTMLParser
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from invoicesync.errors import InvoiceSyncError, MalformedMailError
@@ -67,6 +69,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 _PIECE = 64 * 1024
+T = TypeVar("T")
 # Base64 bodies longer than this are decoded by ``_payload`` itself.
 _LARGE_PAYLOAD = 1024 * 1024
 
@@ -189,7 +192,7 @@ def _clean(text: str) -> str | None:
 def _filename(part: Message) -> str | None:
     """The part's filename (RFC 2231 and RFC 2047 decoded), without any directory."""
     try:
-        name = part.get_filename() or _raw_filename(part)
+        name = _with_header_policy(part, part.get_filename) or _raw_filename(part)
     except Exception:  # a broken header must not hide the part: its bytes are still sniffed
         name = _raw_filename(part)
     if not name:
@@ -201,6 +204,20 @@ def _filename(part: Message) -> str | None:
     # A name like "../../x.pdf" must never become a path later on.
     cleaned = cleaned.replace("\\", "/").rsplit("/", 1)[-1].strip() if cleaned else None
     return cleaned or None
+
+
+def _with_header_policy(part: Message, read: Callable[[], T]) -> T:
+    """``read()`` with the part's headers seen through the default policy.
+
+    compat32 turns 8-bit header bytes (a raw UTF-8 filename, say) into U+FFFD; the
+    default policy keeps them, as the filename stored with the document must.
+    """
+    structure = part.policy
+    part.policy = _HEADERS
+    try:
+        return read()
+    finally:
+        part.policy = structure
 
 
 def _raw_filename(part: Message) -> str | None:

@@ -11,6 +11,7 @@ falls between two commits; what a stop leaves uncommitted is committed first.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
@@ -219,9 +220,17 @@ class AccountJob:
     ) -> None:
         try:
             self._ingest_folder_items(source, account_id, folder, summary, deadline, lease)
-        finally:
-            # Also on a stop: the messages already read are committed, not read again.
-            self._commit_ingested(account_id, summary)
+        except BaseException:
+            # On a stop the messages already read are committed, so as not to read them
+            # again; not once the lease is lost (another run may be storing them), and
+            # never at the cost of the error that stopped us.
+            if lease.lost.is_set():
+                self._ingested = []
+            else:
+                with contextlib.suppress(Exception):
+                    self._commit_ingested(account_id, summary)
+            raise
+        self._commit_ingested(account_id, summary)
 
     def _ingest_folder_items(
         self,
@@ -235,22 +244,30 @@ class AccountJob:
         with self.db.session() as session:
             position = sync.folder_position(session, account_id, folder)
         seen_before: set[str] | None = None
+
+        def stored_before(ref: MailRef) -> bool:
+            """After a UIDVALIDITY change, mails stored before are recognised by Message-ID."""
+            nonlocal seen_before
+            if position is None or ref.uidvalidity == position.uidvalidity:
+                return False
+            if seen_before is None:
+                with self.db.session() as session:
+                    seen_before = sync.done_message_ids(session, account_id, folder)
+            return bool(ref.message_id) and ref.message_id in seen_before
+
         handled: set[str] = set()  # this run's: the same bytes twice in one folder are one message
         refs = source.scan(folder, position)
-        for ref in self._new_refs(source, refs, account_id, folder, summary):
+        for ref in self._new_refs(source, refs, account_id, folder, summary, stored_before):
             if ref.key in handled:
                 continue
             self._check(deadline, lease)
             handled.add(ref.key)
-            if position is not None and ref.uidvalidity != position.uidvalidity:
-                # UIDVALIDITY changed: mails stored before are recognised by Message-ID.
-                if seen_before is None:
-                    with self.db.session() as session:
-                        seen_before = sync.done_message_ids(session, account_id, folder)
-                if ref.message_id and ref.message_id in seen_before:
-                    self._commit_ingested(account_id, summary)
-                    self._tx(partial(self._record_seen_before, account_id=account_id, ref=ref))
-                    continue
+            if stored_before(ref):
+                self._commit_ingested(account_id, summary)
+                self._tx(partial(self._record_seen_before, account_id=account_id, ref=ref))
+                continue
+            if self._ingested and time.monotonic() - self._ingested_since >= _COMMIT_SECONDS:
+                self._commit_ingested(account_id, summary)  # before a mail that may be slow
             self._ingest_one(source, account_id, ref, summary)
         self._commit_ingested(account_id, summary)
         current = source.position(folder)
@@ -274,12 +291,14 @@ class AccountJob:
         account_id: int,
         folder: str,
         summary: AccountSummary,
+        stored_before: Callable[[MailRef], bool],
     ) -> Iterator[MailRef]:
         """The scanned refs that are not done yet, looked up in chunks.
 
         Never all of a folder's keys at once: an IMAP scan lists only UIDs above the
         last one done, so a run with nothing new costs the same on any mailbox size.
-        Each chunk is announced to a source that can fetch several messages at once.
+        Each chunk is announced to a source that can fetch several messages at once
+        (without the mails stored before a UIDVALIDITY change: they are not fetched).
         """
         prefetch = getattr(source, "prefetch", None)
         iterator = iter(refs)
@@ -291,7 +310,7 @@ class AccountJob:
                 )
             new = [ref for ref in chunk if ref.key not in done]
             if prefetch is not None:
-                prefetch(new)
+                prefetch([ref for ref in new if not stored_before(ref)])
             yield from new
 
     def _record_seen_before(self, session: Session, *, account_id: int, ref: MailRef) -> None:
@@ -612,10 +631,10 @@ class AccountJob:
                                 futures = [pool.submit(one, document) for document in batch]
                                 batches.append(([document.id for document in batch], futures))
                         for ids, futures in list(batches):
-                            for future in futures:
-                                if future.done():
-                                    future.result()  # the first stop (deadline, abort) ends all
-                            if all(future.done() for future in futures):
+                            done = [future for future in futures if future.done()]
+                            for future in done:
+                                future.result()  # the first stop (deadline, abort) ends all
+                            if len(done) == len(futures):  # each one's result() was read
                                 batches.remove((ids, futures))
                                 self._release(ids)
                         live = [f for _, futures in batches for f in futures if not f.done()]

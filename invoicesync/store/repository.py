@@ -9,7 +9,7 @@ stores its result, so nothing is marked done before it is committed.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +47,10 @@ __all__ = [
     "sibling_einvoices",
     "start_run",
 ]
+
+
+# Rows per multi-row INSERT: ~10 columns each, far below PostgreSQL's parameter limit.
+_ROWS_PER_STATEMENT = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,49 +179,62 @@ def record_messages(
     ).returning(Message.folder, Message.key, Message.id)
     ids = {(folder, key): id_ for folder, key, id_ in session.execute(upsert)}
 
-    documents = {d.sha256: d for item in messages for d in item.documents}
+    documents: dict[str, StoredDocument] = {}  # by sha256; the first mail's name, as before
+    for item in messages:
+        for document in item.documents:
+            documents.setdefault(document.sha256, document)
     if documents:
-        session.execute(
-            dialect_insert(session, Document)
-            .values(
-                [
-                    {
-                        "sha256": d.sha256,
-                        "kind": d.kind,
-                        "size": d.size,
-                        "filename": d.filename,
-                        "path": d.path,
-                        "status": Status.PENDING,
-                        "attempts": 0,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                    for d in documents.values()
-                ]
-            )
-            .on_conflict_do_nothing(index_elements=["sha256"])
-        )
-        document_ids = dict(
-            session.execute(
-                select(Document.sha256, Document.id).where(Document.sha256.in_(list(documents)))
-            ).all()
-        )
-        links = {
-            (ids[(item.ref.folder, item.ref.key)], document_ids[d.sha256]): {
-                "message_id": ids[(item.ref.folder, item.ref.key)],
-                "document_id": document_ids[d.sha256],
+        document_rows = [
+            {
+                "sha256": d.sha256,
+                "kind": d.kind,
+                "size": d.size,
                 "filename": d.filename,
-                "origin": d.origin,
+                "path": d.path,
+                "status": Status.PENDING,
+                "attempts": 0,
+                "created_at": now,
+                "updated_at": now,
             }
-            for item in messages
-            for d in item.documents
-        }
-        session.execute(
-            dialect_insert(session, MessageDocument)
-            .values(list(links.values()))
-            .on_conflict_do_nothing()
-        )
+            for d in documents.values()
+        ]
+        document_ids: dict[str, int] = {}
+        for chunk in _chunks(document_rows):
+            session.execute(
+                dialect_insert(session, Document)
+                .values(chunk)
+                .on_conflict_do_nothing(index_elements=["sha256"])
+            )
+            hashes = [row["sha256"] for row in chunk]
+            document_ids.update(
+                session.execute(
+                    select(Document.sha256, Document.id).where(Document.sha256.in_(hashes))
+                ).all()
+            )
+        links: dict[tuple[int, int], dict[str, Any]] = {}
+        for item in messages:
+            message = ids[(item.ref.folder, item.ref.key)]
+            for d in item.documents:
+                links.setdefault(
+                    (message, document_ids[d.sha256]),
+                    {
+                        "message_id": message,
+                        "document_id": document_ids[d.sha256],
+                        "filename": d.filename,
+                        "origin": d.origin,
+                    },
+                )
+        for chunk in _chunks(list(links.values())):
+            session.execute(
+                dialect_insert(session, MessageDocument).values(chunk).on_conflict_do_nothing()
+            )
     return [ids[(item.ref.folder, item.ref.key)] for item in messages]
+
+
+def _chunks(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """Rows in chunks that keep a statement under PostgreSQL's 65,535 bind parameters."""
+    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+        yield rows[start : start + _ROWS_PER_STATEMENT]
 
 
 def record_message_failure(

@@ -175,3 +175,36 @@ def test_xml_data_replaces_text_data_as_the_live_invoice(database: Database) -> 
         ).one()
     assert rows[third] is None
     assert rows[first] == live_id and rows[second] == live_id
+
+
+def test_a_batch_of_messages_in_chunks_keeps_the_first_name_of_a_shared_document(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """record_messages: every message, document and link once, whatever the statement chunks;
+    a document two mails of the batch share keeps the first mail's name, as one by one did."""
+    monkeypatch.setattr(repo, "_ROWS_PER_STATEMENT", 2)
+
+    def doc(n: int, name: str) -> repo.StoredDocument:
+        sha = f"{n:064x}"
+        return repo.StoredDocument(
+            sha256=sha, kind="pdf", size=1, path=f"{sha}.pdf", filename=name, origin="attachment"
+        )
+
+    batch = [
+        repo.NewMessage(
+            MailRef(account="a", folder="INBOX", key=f"m{m}", uidvalidity=1, uid=m + 1),
+            ParsedMail(subject=f"mail {m}"),
+            [doc(m * 10 + d, f"m{m}-d{d}.pdf") for d in range(3)] + [doc(999, f"shared-{m}.pdf")],
+        )
+        for m in range(3)
+    ]
+    with database.transaction() as session:
+        account = repo.account_id(session, "a")
+        ids = repo.record_messages(session, account, batch)
+    with database.session() as session:
+        subjects = dict(session.execute(select(Message.id, Message.subject)).all())
+        names = dict(session.execute(select(Document.sha256, Document.filename)).all())
+        links = session.scalar(select(func.count()).select_from(MessageDocument))
+    assert [subjects[i] for i in ids] == ["mail 0", "mail 1", "mail 2"]
+    assert len(names) == 3 * 3 + 1 and links == 3 * 4
+    assert names[f"{999:064x}"] == "shared-0.pdf"

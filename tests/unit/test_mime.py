@@ -577,3 +577,23 @@ def _outcome_via_the_email_package(raw: bytes) -> object:
             return [(a.filename, a.data) for a in parse_mail(raw).attachments]
         except MalformedMailError as exc:
             return str(exc)
+
+
+@pytest.mark.parametrize(
+    "header", ["Content-Disposition: attachment; filename", "X-Ignored: x; name"]
+)
+def test_raw_utf8_filenames_are_kept(header: str) -> None:
+    """Some clients write the filename as raw UTF-8 bytes: it is stored as written."""
+    raw = (
+        (
+            "From: a@example.com\nSubject: x\nMIME-Version: 1.0\n"
+            'Content-Type: multipart/mixed; boundary="b"\n\n'
+            "--b\nContent-Type: text/plain\n\nHallo\n"
+            '--b\nContent-Type: application/pdf; name="Rëchnung_März.pdf"\n'
+            f'{header}="Rëchnung_März.pdf"\nContent-Transfer-Encoding: base64\n\n'
+        ).encode()
+        + base64.encodebytes(b"%PDF-1.4\n%%EOF\n")
+        + b"--b--\n"
+    )
+    [attachment] = parse_mail(raw).attachments
+    assert attachment.filename == "Rëchnung_März.pdf"
