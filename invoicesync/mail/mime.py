@@ -191,8 +191,14 @@ def _clean(text: str) -> str | None:
 
 def _filename(part: Message) -> str | None:
     """The part's filename (RFC 2231 and RFC 2047 decoded), without any directory."""
+    fields = (_raw_header(part, "content-disposition") or "") + (
+        _raw_header(part, "content-type") or ""
+    )
     try:
-        name = _with_header_policy(part, part.get_filename) or _raw_filename(part)
+        if fields.isascii():
+            name = part.get_filename() or _raw_filename(part)
+        else:  # 8-bit bytes in the header: only the default policy keeps them
+            name = _with_header_policy(part, part.get_filename) or _raw_filename(part)
     except Exception:  # a broken header must not hide the part: its bytes are still sniffed
         name = _raw_filename(part)
     if not name:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from email.message import EmailMessage
 from pathlib import Path
@@ -13,6 +14,8 @@ from sqlalchemy import select
 from invoicesync import load_settings, run
 from invoicesync.mail import imap_source
 from invoicesync.pipeline.runner import RunResult
+from invoicesync.pipeline.sources import open_source
+from invoicesync.resilience.timeouts import Deadline
 from invoicesync.store.db import Database
 from invoicesync.store.schema import Message
 from tests.conftest import EXAMPLES, write_config
@@ -473,3 +476,28 @@ def _attached_pdf_mail() -> bytes:
     pdf = (EXAMPLES / "documents" / "XR_EN16931_Einfach.pdf").read_bytes()
     message.add_attachment(pdf, "application", "pdf", filename="rechnung.pdf")
     return message.as_bytes()
+
+
+def test_answers_fetched_ahead_are_dropped_once_passed_over(
+    dovecot: Dovecot, imap_user: ImapUser, tmp_path: Path
+) -> None:
+    """Mails announced but then skipped (stored before, say) do not stay in memory."""
+    for number in range(5):
+        message = EmailMessage()
+        message["From"], message["Subject"] = "a@example.com", f"plain {number}"
+        message.set_content(f"Hallo {number}")
+        dovecot.append(imap_user.name, "INBOX", message.as_bytes())
+    settings = load_settings(_imap_config(tmp_path, dovecot, imap_user))
+    source = open_source(
+        settings.accounts[0], settings, cancel=threading.Event(), deadline=Deadline(60)
+    )
+    assert isinstance(source, imap_source.ImapSource)
+    try:
+        refs = list(source.scan("INBOX"))
+        source.prefetch(refs)
+        assert b"Hallo 0" in source.fetch(refs[0])
+        assert source.fetch_commands == 1 and source._ahead_bytes > 0  # the other four came along
+        assert b"Hallo 4" in source.fetch(refs[4])  # 1 to 3 are passed over
+        assert source.fetch_commands == 1 and source._ahead_bytes == 0 and not source._ahead
+    finally:
+        source.close()
