@@ -273,3 +273,27 @@ def test_an_account_reads_its_documents_side_by_side_up_to_max_concurrency(
     assert openai_server.max_in_flight == 3
     [summary] = result.accounts
     assert summary.invoices + summary.duplicates == len(_records(tmp_path)) == 9 + MODEL_PDFS
+
+
+def test_a_failing_endpoint_side_by_side_stops_after_the_documents_in_flight(
+    openai_server: OpenAIServer, tmp_path: Path
+) -> None:
+    """The same with two requests at a time: once the breaker opens, only a document already
+    in flight may still fail; every other one waits, untried, and the next run stores all."""
+    openai_server.default = error_reply(500, "upstream failed")
+    config = _config(tmp_path, openai_server, "[breaker]\nthreshold = 3")
+    config.write_text(
+        config.read_text(encoding="utf-8").replace("time_scale = 0", "time_scale = 0\nopenai = 2"),
+        encoding="utf-8",
+    )
+    down = run(load_settings(config))
+    [summary] = down.accounts
+    assert down.exit_code == 1 and summary.status == "partial"
+    assert summary.retry_later in (3, 4)  # the third failure opens it; one more may be in flight
+    assert openai_server.calls == 2 * summary.retry_later
+    assert summary.left_pending == MODEL_PDFS - summary.retry_later
+    failed_calls = openai_server.calls
+    openai_server.default = _distinct
+    healed = run(load_settings(config))
+    assert healed.exit_code == 0 and openai_server.calls == failed_calls + MODEL_PDFS
+    assert sum(r["provenance"]["extractor"] == "openai" for r in _records(tmp_path)) == MODEL_PDFS
