@@ -121,6 +121,24 @@ class ExtractorSettings(_Section):
     """auto = e-invoice XML when present, else OpenAI when a key is set, else offline."""
 
 
+class ExtractSettings(_Section):
+    """``[extract]``: the worker processes that parse documents and mails."""
+
+    processes: int = Field(default=0, ge=0)
+    """Worker processes side by side; 0 = one per CPU."""
+    memory_mb: int = Field(default=400, ge=0)
+    """Address-space limit of each worker (RLIMIT_AS), in MiB; 0 = none."""
+
+    def worker_count(self) -> int:
+        """The number of worker processes: ``processes``, or the CPUs this process may use."""
+        if self.processes:
+            return self.processes
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not on Linux
+            return max(1, os.cpu_count() or 1)
+
+
 class OpenAISettings(_Section):
     """``[openai]``: the model that reads invoices without e-invoice XML."""
 
@@ -174,6 +192,8 @@ class TimeoutSettings(_Section):
     """Total time for one link download, redirects and retries included."""
     openai: float = Field(default=60, gt=0)
     """One model request."""
+    extract_document: float = Field(default=60, gt=0)
+    """One document (or one batch of mails) in a worker process, which is killed after it."""
 
 
 class RetrySettings(_Section):
@@ -390,6 +410,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     storage: StorageSettings = StorageSettings()
     extractor: ExtractorSettings = ExtractorSettings()
+    extract: ExtractSettings = ExtractSettings()
     timeouts: TimeoutSettings = TimeoutSettings()
     retries: RetrySettings = RetrySettings()
     breaker: BreakerSettings = BreakerSettings()

@@ -11,13 +11,17 @@ Errors are classified by *what to do about them*, not by where they come from::
     │   └── BadInputError          this item can never succeed (bad MIME, broken PDF, hostile XML)
     │       ├── MalformedMailError
     │       ├── BadDocumentError
-    │       └── UnsafeXmlError
-    └── TransientError             may succeed later: retry with backoff, else leave pending
-        ├── NetworkError           connection refused or reset, DNS, TLS handshake
-        ├── OperationTimeout       a single operation exceeded its own timeout
-        ├── RateLimitedError       429 and friends; carries ``retry_after`` seconds
-        ├── ServerError            5xx and other "try again" answers
-        └── StoreBusyError         database locked or serialisation failure
+    │       ├── UnsafeXmlError
+    │       └── WorkerMemoryError  the document needed more than a worker may use
+    ├── TransientError             may succeed later: retry with backoff, else leave pending
+    │   ├── NetworkError           connection refused or reset, DNS, TLS handshake
+    │   ├── OperationTimeout       a single operation exceeded its own timeout
+    │   │   └── WorkerTimeout      a document or mail outlived its limit in a worker
+    │   ├── RateLimitedError       429 and friends; carries ``retry_after`` seconds
+    │   ├── ServerError            5xx and other "try again" answers
+    │   ├── StoreBusyError         database locked or serialisation failure
+    │   └── WorkerCrashed          the worker process died (a signal, the OOM killer)
+    └── BugError                   an exception outside this tree: a bug, not retried
 
     RunAborted (BaseException)     the watchdog or a signal stops the run
 
@@ -31,6 +35,7 @@ __all__ = [
     "AuthError",
     "BadDocumentError",
     "BadInputError",
+    "BugError",
     "ConfigError",
     "FatalError",
     "InvoiceSyncError",
@@ -45,6 +50,9 @@ __all__ = [
     "StoreBusyError",
     "TransientError",
     "UnsafeXmlError",
+    "WorkerCrashed",
+    "WorkerMemoryError",
+    "WorkerTimeout",
 ]
 
 
@@ -119,6 +127,12 @@ class UnsafeXmlError(BadInputError):
     kind = "unsafe_xml"
 
 
+class WorkerMemoryError(BadInputError):
+    """Parsing one item needed more memory than a worker process may use."""
+
+    kind = "memory"
+
+
 class NetworkError(TransientError):
     kind = "network"
 
@@ -145,6 +159,28 @@ class ServerError(TransientError):
 
 class StoreBusyError(TransientError):
     kind = "store_busy"
+
+
+class WorkerTimeout(OperationTimeout):
+    """One item outlived its wall-clock limit in a worker process, which was killed."""
+
+    kind = "timeout"
+
+
+class WorkerCrashed(TransientError):
+    """The worker process died while working an item (a signal, a crash in C code)."""
+
+    kind = "crashed"
+
+
+class BugError(InvoiceSyncError):
+    """An exception outside this tree, met where an item was worked: a bug to fix.
+
+    The item fails for good with its traceback logged once; retrying would only
+    meet the same bug again (``invoicesync retry`` brings it back after a fix).
+    """
+
+    kind = "bug"
 
 
 class RunAborted(BaseException):

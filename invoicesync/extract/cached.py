@@ -13,7 +13,7 @@ import hashlib
 import logging
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -88,14 +88,24 @@ class CachedReader:
     def extract(
         self, data: bytes, *, filename: str | None = None, deadline: Deadline | None = None
     ) -> Invoice | None:
-        key = CacheKey(hashlib.sha256(data).hexdigest(), self.reader.model, self._prompt_version)
+        return self.extract_with(
+            hashlib.sha256(data).hexdigest(),
+            lambda: self.reader.read(data, filename=filename, deadline=deadline),
+            deadline=deadline,
+        )
+
+    def extract_with(
+        self, sha256: str, read: Callable[[], _Reading], *, deadline: Deadline | None = None
+    ) -> Invoice | None:
+        """The cached reading of the document ``sha256``, else ``read()``'s, then cached."""
+        key = CacheKey(sha256, self.reader.model, self._prompt_version)
         with self._only_one(key, deadline or Deadline.never()):
             cached = self._get(key)
             if cached is not None:
                 with self._lock:
                     self.hits += 1
                 return None if cached.invoice is None else cached.invoice.model_copy(deep=True)
-            reading = self.reader.read(data, filename=filename, deadline=deadline)
+            reading = read()
             self._put(key, reading)
             return reading.invoice
 

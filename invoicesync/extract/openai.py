@@ -18,7 +18,7 @@ import copy
 import logging
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
@@ -28,7 +28,6 @@ import pydantic
 
 from invoicesync.errors import (
     AuthError,
-    BadDocumentError,
     BadInputError,
     ConfigError,
     FatalError,
@@ -41,7 +40,7 @@ from invoicesync.errors import (
 )
 from invoicesync.extract import prompt
 from invoicesync.extract.llm_schema import LlmInvoice, to_invoice
-from invoicesync.extract.pdf import first_pages, pdf_text
+from invoicesync.extract.model_input import ModelInput, model_input
 from invoicesync.models import Invoice
 from invoicesync.resilience.retry import RetryPolicy
 from invoicesync.resilience.retry_after import retry_after_from_headers
@@ -62,9 +61,6 @@ _MAX_TEXT = 300
 _API_KEY = re.compile(r"sk-[A-Za-z0-9_-]{8,}")
 # A 429 with one of these codes is an empty account, not a burst: waiting won't help.
 _QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "billing_not_active"})
-# Fewer characters of text than this (page markers aside) means there is no text layer.
-_MIN_TEXT = 50
-_PAGE_MARKER = re.compile(r"^--- page \d+ ---$", re.MULTILINE)
 # Tokens budgeted for an answer before its real usage is known (rate limiting only).
 _ANSWER_TOKENS = 1000
 
@@ -163,42 +159,51 @@ class OpenAIExtractor:
     def read(
         self, data: bytes, *, filename: str | None = None, deadline: Deadline | None = None
     ) -> Reading:
-        """The document's invoice (or None), with the requests and tokens it took."""
+        """The document's invoice (or None), with the requests and tokens it took.
+
+        Parses ``data`` in this process; the pipeline parses in a worker and calls
+        ``read_input`` instead.
+        """
+        return self.read_input(
+            lambda pages: model_input(data, max_pages=pages, scanned_pdfs=self.scanned_pdfs),
+            filename=filename,
+            deadline=deadline,
+        )
+
+    def read_input(
+        self,
+        prepare: Callable[[int], ModelInput],
+        *,
+        first: ModelInput | None = None,
+        filename: str | None = None,
+        deadline: Deadline | None = None,
+    ) -> Reading:
+        """Like ``read``, from ``first`` (else ``prepare(max_pages)``).
+
+        ``prepare(pages)`` gives the input of fewer pages after an answer that the
+        context is too long: once for text, halving until one page for a scan.
+        """
         reading = Reading(invoice=None)
         limit = deadline or Deadline.never()
-        text = pdf_text(data, max_pages=self.max_pages)
-        if len(_PAGE_MARKER.sub("", text).strip()) < _MIN_TEXT:
-            if self.scanned_pdfs != "file":
-                raise BadDocumentError(
-                    "no text layer (scanned PDF), and [openai] scanned_pdfs = skip", stage=_STAGE
-                )
-            pages = self.max_pages
-            while True:
-                pdf, pages = first_pages(data, pages)
-                try:
-                    reading.invoice = self._extract(
-                        prompt.file_messages(pdf, filename=filename), pages * 1500, reading, limit
-                    )
-                    return reading
-                except ContextTooLongError:
-                    if pages < 2:
-                        raise
-                    pages //= 2
-                    log.info("openai %s: scan too long, retrying with %d pages", self.model, pages)
-        try:
-            reading.invoice = self._extract(
-                prompt.messages(text, filename=filename), len(text) // 4, reading, limit
-            )
-        except ContextTooLongError:
-            pages = len(_PAGE_MARKER.findall(text))
-            if pages < 2:
-                raise
-            log.info("openai %s: context too long, retrying with %d pages", self.model, pages // 2)
-            text = pdf_text(data, max_pages=pages // 2)
-            reading.invoice = self._extract(
-                prompt.messages(text, filename=filename), len(text) // 4, reading, limit
-            )
-        return reading
+        item = first if first is not None else prepare(self.max_pages)
+        shortened = False
+        while True:
+            if item.scan is not None:
+                conversation = prompt.file_messages(item.scan, filename=filename)
+                estimate = item.pages * 1500
+            else:
+                conversation = prompt.messages(item.text, filename=filename)
+                estimate = len(item.text) // 4
+            try:
+                reading.invoice = self._extract(conversation, estimate, reading, limit)
+                return reading
+            except ContextTooLongError:
+                if item.pages < 2 or (shortened and item.scan is None):
+                    raise
+                pages = item.pages // 2
+                log.info("openai %s: context too long, retrying with %d pages", self.model, pages)
+                item = prepare(pages)
+                shortened = True
 
     def _extract(
         self,

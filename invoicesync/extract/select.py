@@ -10,6 +10,7 @@ from invoicesync.errors import ConfigError
 from invoicesync.extract.base import Extractor, ExtractorChain
 from invoicesync.extract.cached import CachedReader, ResultStore
 from invoicesync.extract.einvoice import EInvoiceExtractor
+from invoicesync.extract.local import LocalPlan
 from invoicesync.extract.offline import OfflineExtractor
 from invoicesync.resilience.breaker import Breakers
 from invoicesync.resilience.rate_limit import RateLimiter
@@ -77,6 +78,10 @@ class ExtractorSelection:
         self.model: OpenAIExtractor | None = None
         self.cache: CachedReader | None = None
         pdf: list[Extractor]
+        #: Local steps per kind, for ``plan`` (run in a worker by ``extract.local``).
+        self._steps: dict[str, tuple[str, ...]] = {"xml": ("einvoice",)}
+        self._max_pages = settings.openai.max_pages
+        self._scanned_pdfs = settings.openai.scanned_pdfs
         if kind is ExtractorKind.EINVOICE:
             pdf = [einvoice]
         elif kind is ExtractorKind.OFFLINE:
@@ -93,6 +98,7 @@ class ExtractorSelection:
         else:
             pdf = [einvoice, OfflineExtractor()]
         self.uses_model = self.model is not None
+        self._steps["pdf"] = tuple(e.name for e in pdf if e.name != "openai")
         self._chains: dict[str, Extractor] = {"pdf": ExtractorChain(pdf), "xml": einvoice}
         self._without_model = ExtractorChain([e for e in pdf if e.name != "openai"])
 
@@ -100,6 +106,20 @@ class ExtractorSelection:
         """Release what the extractors hold open (the model client's connections)."""
         if self.model is not None:
             self.model.close()
+
+    def plan(self, kind: str, *, model: bool = True) -> LocalPlan:
+        """What a worker does with a document of ``kind`` (``model=False``: leave it out)."""
+        with_model = model and self.uses_model and kind == "pdf"
+        return LocalPlan(
+            steps=self._steps[kind],
+            model_pages=self._max_pages if with_model else None,
+            scanned_pdfs=self._scanned_pdfs,
+        )
+
+    @property
+    def model_reader(self) -> CachedReader | OpenAIExtractor | None:
+        """The model, behind its cache when there is one."""
+        return self.cache if self.cache is not None else self.model
 
     def for_kind(self, kind: str, *, model: bool = True) -> Extractor:
         """The chain for ``kind``; ``model=False`` leaves the model out (it refused us)."""

@@ -30,11 +30,14 @@ from invoicesync.config import AccountSettings
 from invoicesync.errors import (
     AuthError,
     BadInputError,
+    BugError,
     FatalError,
     InvoiceSyncError,
     ProtocolError,
     RunAborted,
     TransientError,
+    WorkerCrashed,
+    WorkerTimeout,
 )
 from invoicesync.fetch.redact import redact_url
 from invoicesync.logs import log_context
@@ -45,9 +48,10 @@ from invoicesync.pipeline.lease_keeper import LeaseKeeper
 from invoicesync.pipeline.sources import open_source
 from invoicesync.pipeline.summary import AccountSummary
 from invoicesync.resilience.breaker import CircuitOpenError
+from invoicesync.resilience.processes import RemoteBug
 from invoicesync.resilience.timeouts import Deadline
+from invoicesync.store import attempts, sync, work
 from invoicesync.store import repository as repo
-from invoicesync.store import sync, work
 from invoicesync.store.repository import StoredDocument
 from invoicesync.store.schema import Document, Status
 
@@ -98,6 +102,7 @@ class AccountJob:
         self.switch = runner.switch
         self.files = runner.files
         self.extractors = runner.extractors
+        self.reader = runner.reader
         self.breakers = runner.breakers
         self.source_factory = runner.source_factory
         self.max_bytes = runner.max_bytes
@@ -549,26 +554,29 @@ class AccountJob:
         """Claim workable documents in batches and extract them, until none is left.
 
         A claim keeps other runs off these documents while this one works them
-        (``store.work``); each document is tried once per run.
+        (``store.work``); each document is tried once per run. Every XML document
+        is done before any PDF, so that a PDF beside its XML is recognised as its
+        rendering even when documents are extracted side by side.
         """
-        # A model answer takes seconds: documents go to it side by side, up to its
-        # max_concurrency. Local extractors are quick and run one after another.
-        if self.extractors.uses_model and self.settings.openai.max_concurrency > 1:
-            self._extract_side_by_side(account_id, summary, check)
-            return
-        while True:
-            check()
-            batch = self._claim(account_id, _BATCH)
-            if not batch:
-                return
-            try:
-                for document in batch:
-                    check()
-                    self._extract_one(document, summary)
-            finally:
-                self._release([document.id for document in batch])
+        for xml in (True, False):
+            # A model answer takes seconds: documents go to it side by side, up to its
+            # max_concurrency; without a model, one per worker process.
+            if self._side_by_side() > 1:
+                self._extract_side_by_side(account_id, summary, check, xml)
+                continue
+            while True:
+                check()
+                batch = self._claim(account_id, _BATCH, xml)
+                if not batch:
+                    break
+                try:
+                    for document in batch:
+                        check()
+                        self._extract_one(document, summary)
+                finally:
+                    self._release([document.id for document in batch])
 
-    def _claim(self, account_id: int | None, limit: int) -> list[Document]:
+    def _claim(self, account_id: int | None, limit: int, xml: bool) -> list[Document]:
         with self._tried_lock:
             tried = set(self._tried)
         batch = self._tx(
@@ -579,6 +587,7 @@ class AccountJob:
                 limit=limit,
                 account=account_id,
                 exclude=tried,
+                xml=xml,
             )
         )
         with self._tried_lock:
@@ -589,8 +598,18 @@ class AccountJob:
         if ids:
             self._tx(partial(work.release_documents, owner=self.owner, ids=ids))
 
+    def _side_by_side(self) -> int:
+        """Documents in flight at once: the model's slots, else the worker processes."""
+        if self.extractors.uses_model:
+            return self.settings.openai.max_concurrency
+        return self.reader.pool.processes
+
     def _extract_side_by_side(
-        self, account_id: int | None, summary: AccountSummary, check: Callable[[], None]
+        self,
+        account_id: int | None,
+        summary: AccountSummary,
+        check: Callable[[], None],
+        xml: bool,
     ) -> None:
         """Up to max_concurrency documents at the model at once, without gaps between batches.
 
@@ -598,7 +617,7 @@ class AccountJob:
         fewer documents wait than there are slots, so a slot never idles for a claim.
         Each batch's claims are released once all its documents are done.
         """
-        workers = self.settings.openai.max_concurrency
+        workers = self._side_by_side()
         merge = threading.Lock()
         context = logs.current_context()
 
@@ -625,7 +644,7 @@ class AccountJob:
                         )
                         if claiming and waiting < workers:
                             check()
-                            batch = self._claim(account_id, _BATCH * workers)
+                            batch = self._claim(account_id, _BATCH * workers, xml)
                             claiming = bool(batch)
                             if batch:
                                 futures = [pool.submit(one, document) for document in batch]
@@ -657,17 +676,33 @@ class AccountJob:
     def _extract(self, document: Document, summary: AccountSummary) -> None:
         # Once the model endpoint refused us, only extractors without it run this time.
         without_model = bool(self.model_down) and self.extractors.uses_model
+        # The attempt counts before any work: a run that dies on it has still used it.
+        quarantined = self._tx(
+            partial(
+                attempts.start_document,
+                document=document.id,
+                owner=self.owner,
+                max_attempts=self.settings.retries.item_attempts,
+            )
+        )
+        if quarantined is not None:
+            if quarantined.startswith("quarantined"):
+                summary.failed += 1
+                summary.count_failure("extract", "quarantined")
+                log.warning("document=%s stage=extract %s", document.sha256[:12], quarantined)
+            return
         try:
-            data = self.files.get(document.path)
-            invoice = stages.extract_document(
-                self.extractors.for_kind(document.kind, model=not without_model),
-                data,
-                document.filename,
+            invoice = self.reader.read(
+                document,
+                model=not without_model,
                 deadline=self._account_deadline,
+                check=self._check_item,
             )
         except CircuitOpenError:
-            summary.left_pending += 1
+            self._untried(document, summary)
             return
+        except AccountStopped:
+            raise
         except (BadInputError, TransientError, OSError) as exc:
             self.switch.raise_if_tripped()
             self._document_failed(document, exc, summary)
@@ -678,15 +713,23 @@ class AccountJob:
             self.model_down.append(str(exc))
             summary.status, summary.error = "fatal", f"model endpoint: {exc}"
             summary.count_failure("extract", exc.kind)
-            summary.left_pending += 1
+            self._untried(document, summary)
             log.error("document=%s stage=extract fatal: %s", document.sha256[:12], exc)
+            return
+        except RemoteBug as exc:  # a bug in a parser: fix it, don't retry it for ever
+            self.switch.raise_if_tripped()
+            log.error(
+                "document=%s stage=extract bug in a worker: %s\n%s",
+                *(document.sha256[:12], exc, exc.remote_traceback),
+            )
+            self._document_failed(document, BugError(str(exc), stage="extract"), summary)
             return
         except Exception as exc:  # a bug must not stop the run nor lose the document
             log.exception("document=%s stage=extract unexpected error", document.sha256[:12])
-            self._document_failed(document, TransientError(repr(exc)), summary)
+            self._document_failed(document, BugError(repr(exc), stage="extract"), summary)
             return
         if invoice is None and without_model and document.kind == "pdf":
-            summary.left_pending += 1  # maybe an invoice the model reads: next run
+            self._untried(document, summary)  # maybe an invoice the model reads: next run
             return
         if invoice is None:
             self._tx(
@@ -700,8 +743,22 @@ class AccountJob:
         elif outcome == repo.InvoiceOutcome.DUPLICATE:
             summary.duplicates += 1
 
+    def _check_item(self) -> None:
+        """While a worker parses: a stop or the account's deadline ends the document."""
+        self.switch.raise_if_tripped()
+        if self._account_deadline.expired:
+            raise AccountStopped(
+                "deadline", f"account deadline of {self.settings.timeouts.account:g}s reached"
+            )
+
+    def _untried(self, document: Document, summary: AccountSummary) -> None:
+        """Left for a later run, not counted as tried (an open circuit, a refused model)."""
+        self._tx(partial(attempts.undo_start, document=document.id))
+        summary.left_pending += 1
+
     def _document_failed(self, document: Document, exc: Exception, summary: AccountSummary) -> None:
-        wanted = Status.FAILED_FATAL if isinstance(exc, BadInputError) else Status.FAILED_TRANSIENT
+        fatal = isinstance(exc, BadInputError | BugError)
+        wanted = Status.FAILED_FATAL if fatal else Status.FAILED_TRANSIENT
         kind = exc.kind if isinstance(exc, InvoiceSyncError) else "io"
         reason = f"{kind}: {exc}"
         status = self._tx(
@@ -711,6 +768,7 @@ class AccountJob:
                 status=wanted,
                 error=reason,
                 max_attempts=self.settings.retries.item_attempts,
+                unfinished=isinstance(exc, WorkerTimeout | WorkerCrashed),
             )
         )
         summary.failed += 1

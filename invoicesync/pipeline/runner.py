@@ -22,13 +22,16 @@ from sqlalchemy.orm import Session
 
 from invoicesync.config import AccountSettings, Settings, parse_interval
 from invoicesync.errors import RunAborted, TransientError
+from invoicesync.extract.local import PRELOAD
 from invoicesync.extract.select import ExtractorSelection
 from invoicesync.logs import log_context
 from invoicesync.mail.source import MailSource
 from invoicesync.pipeline.account import AccountJob
+from invoicesync.pipeline.extraction import DocumentReader
 from invoicesync.pipeline.lease_keeper import ClaimKeeper, LeaseKeeper
 from invoicesync.pipeline.summary import AccountSummary, ModelUsage, RunResult
 from invoicesync.resilience.breaker import Breakers
+from invoicesync.resilience.processes import WorkerPool
 from invoicesync.resilience.retry import RetryPolicy
 from invoicesync.resilience.timeouts import Deadline
 from invoicesync.resilience.watchdog import StopSwitch
@@ -68,6 +71,13 @@ class Runner:
         self.extractors = ExtractorSelection(
             settings, cancel=self.switch.event, breakers=self.breakers, cache=self.cache
         )
+        # Documents are parsed in worker processes, started at the first one.
+        self.pool = WorkerPool(
+            processes=settings.extract.worker_count(),
+            memory_mb=settings.extract.memory_mb,
+            preload=PRELOAD,
+        )
+        self.reader = DocumentReader(settings, self.extractors, self.pool, self.files)
         #: Why the model endpoint must not be called again this run (shared by all accounts).
         self.model_down: list[str] = []
         self.source_factory = source_factory
@@ -97,6 +107,8 @@ class Runner:
     def _run(self, run_id: int, worker: bool) -> RunResult:
         result = RunResult(run_id=run_id, status="running")
         claims = ClaimKeeper(self.db, self.owner, self.settings.leases.ttl)
+        # The watchdog's hard stop kills the workers with the connections.
+        killer = self.switch.register(self.pool.kill)
         try:
             if self.cache is not None and self.extractors.uses_model:
                 self._purge_cache()
@@ -114,6 +126,8 @@ class Runner:
             result.status, result.error = "crashed", f"{type(exc).__name__}: {exc}"
             raise
         finally:
+            self.switch.unregister(killer)
+            self.pool.close()
             claims.stop()  # and gives back any claim still held
             self.extractors.close()  # the model client's keep-alive connections
             result.model = self.model_usage()

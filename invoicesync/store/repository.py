@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from invoicesync.models import Invoice, MailRef, ParsedMail
+from invoicesync.store.attempts import quarantine_reason
 from invoicesync.store.db import dialect_insert
 from invoicesync.store.schema import (
     Account,
@@ -289,10 +290,15 @@ def _park_if_exhausted(
     status: str,
     error: str,
     max_attempts: int | None,
+    *,
+    unfinished: bool = False,
 ) -> str:
     current, attempts = session.execute(select(model.status, model.attempts).where(*where)).one()
     if current == Status.FAILED_TRANSIENT and max_attempts and attempts >= max_attempts:
-        parked = f"gave up after {attempts} attempts: {error}"
+        if unfinished:
+            parked = quarantine_reason(attempts, error)
+        else:
+            parked = f"gave up after {attempts} attempts: {error}"
         session.execute(
             update(model).where(*where).values(status=Status.FAILED_FATAL, last_error=parked)
         )
@@ -302,7 +308,7 @@ def _park_if_exhausted(
 
 class InvoiceOutcome:
     NEW = "new"  # a new live invoice
-    DUPLICATE = "duplicate"  # a later copy of a live invoice, linked to it
+    DUPLICATE = "duplicate"  # a second invoice with a live one's key: one is now the other's copy
     EXISTS = "exists"  # this document already had its invoice (an overlapping run)
 
 
@@ -337,13 +343,27 @@ def _insert_invoice(
     return None if inserted is None else int(inserted[0])
 
 
+def _ranks_before(
+    invoice: Invoice, document: int, live: dict[str, Any], live_document: int
+) -> bool:
+    """Whether a new invoice should be live instead of the current one with its key.
+
+    Data read from e-invoice XML wins over data read from a PDF's text; between
+    equals, the document first known to the database (lowest id) wins.
+    """
+    mine = (not invoice.provenance.syntax, document)
+    theirs = (not live["provenance"].get("syntax"), live_document)
+    return mine < theirs
+
+
 def record_invoice(session: Session, document: int, invoice: Invoice, key: str | None) -> str:
     """Store a document's invoice, once per document and once live per business key.
 
     A second invoice with the key of a live one is stored as its duplicate
-    (``duplicate_of``), except that data read from e-invoice XML wins over data
-    read from a PDF's text: then the XML invoice becomes the live one and the
-    earlier one (and its duplicates) point at it. Marks the document done.
+    (``duplicate_of``), except when it ranks first (`_ranks_before`): then it
+    becomes the live one and the earlier one (and its duplicates) point at it.
+    The ranking, not the order of arrival, decides, so parallel workers and runs
+    cut off at any moment end with the same live invoice. Marks the document done.
     """
     if session.scalar(select(InvoiceRow.id).where(InvoiceRow.document_id == document)):
         record_document_outcome(session, document, status=Status.OK)
@@ -351,7 +371,7 @@ def record_invoice(session: Session, document: int, invoice: Invoice, key: str |
     outcome = InvoiceOutcome.NEW
     if _insert_invoice(session, document, invoice, key, None) is None:
         live = session.execute(
-            select(InvoiceRow.id, InvoiceRow.data).where(
+            select(InvoiceRow.id, InvoiceRow.data, InvoiceRow.document_id).where(
                 InvoiceRow.business_key == key, InvoiceRow.duplicate_of.is_(None)
             )
         ).first()
@@ -364,8 +384,8 @@ def record_invoice(session: Session, document: int, invoice: Invoice, key: str |
             record_document_outcome(session, document, status=Status.OK)
             return InvoiceOutcome.EXISTS
         outcome = InvoiceOutcome.DUPLICATE
-        if invoice.provenance.syntax and not live_data["provenance"].get("syntax"):
-            # Promote the exact XML data: the old live invoice and its copies now point here.
+        if _ranks_before(invoice, document, live_data, int(live[2])):
+            # Promote the new one: the old live invoice and its copies now point here.
             session.execute(
                 update(InvoiceRow)
                 .where((InvoiceRow.id == live_id) | (InvoiceRow.duplicate_of == live_id))
@@ -378,7 +398,6 @@ def record_invoice(session: Session, document: int, invoice: Invoice, key: str |
             session.execute(
                 update(Document).where(Document.rendering_of == live_id).values(rendering_of=copy)
             )
-            outcome = InvoiceOutcome.NEW
     record_document_outcome(session, document, status=Status.OK)
     return outcome
 
@@ -416,17 +435,28 @@ def record_document_outcome(
     status: str,
     error: str | None = None,
     max_attempts: int | None = None,
+    unfinished: bool = False,
 ) -> str:
-    """Set a document's extraction outcome; returns the status it ends up with."""
+    """Set a document's extraction outcome; returns the status it ends up with.
+
+    The attempt was counted when it started (``store.attempts``). ``unfinished``:
+    the attempt was cut off (timeout, a dead worker); once the attempts are used
+    up, the document is quarantined with that as the last reason.
+    """
     values: dict[str, Any] = {"status": status, "last_error": error, "updated_at": _now()}
     statement = update(Document).where(Document.id == document)
     if status in {Status.FAILED_TRANSIENT, Status.FAILED_FATAL}:
-        values["attempts"] = Document.attempts + 1
         # A concurrent run may have extracted it meanwhile: never undo that.
         statement = statement.where(Document.status.not_in(Status.DONE))
     session.execute(statement.values(**values))
     return _park_if_exhausted(
-        session, Document, (Document.id == document,), status, error or "", max_attempts
+        session,
+        Document,
+        (Document.id == document,),
+        status,
+        error or "",
+        max_attempts,
+        unfinished=unfinished,
     )
 
 

@@ -124,6 +124,9 @@ class Message(Base):
     status: Mapped[str] = mapped_column(String(20), index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+    #: When the last attempt started, and by which run (``host:pid:run``).
+    started_at: Mapped[dt.datetime | None]
+    started_by: Mapped[str | None] = mapped_column(String(255))
     links: Mapped[list[str]] = mapped_column(JSON, default=list)
     notes: Mapped[list[str]] = mapped_column(JSON, default=list)
     #: "pending" until the account's after_ingest action (flag, move …) has been applied.
@@ -153,6 +156,9 @@ class Document(Base):
     #: The run extracting it now (``host:pid:run``), until ``claim_expires_at``.
     claim_owner: Mapped[str | None] = mapped_column(String(255))
     claim_expires_at: Mapped[dt.datetime | None]
+    #: When the last attempt started, and by which run (``host:pid:run``).
+    started_at: Mapped[dt.datetime | None]
+    started_by: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[dt.datetime] = mapped_column(default=_now)
     updated_at: Mapped[dt.datetime] = mapped_column(default=_now, onupdate=_now)
 

@@ -111,12 +111,17 @@ def claim_documents(
     limit: int,
     account: int | None = None,
     exclude: Collection[int] = (),
+    xml: bool | None = None,
 ) -> list[Document]:
     """Claim up to ``limit`` workable documents (of ``account``, else of any).
 
-    XML first, so that a PDF beside its XML is recognised as its rendering. A
-    document claimed by someone else is skipped until that claim expires; the ids
-    in ``exclude`` (already tried by this run) are never returned.
+    ``xml``: only XML documents (True), or only the others (False).
+
+    XML first, so that a PDF beside its XML is recognised as its rendering; then
+    the fewest attempts first, so that an item that failed or hung before does not
+    hold up new mail. A document claimed by someone else is skipped until that
+    claim expires; the ids in ``exclude`` (already tried by this run) are never
+    returned.
     """
     now = _now()
     _release_dead_claims(session, now)
@@ -130,6 +135,8 @@ def claim_documents(
     )
     if exclude:
         query = query.where(Document.id.not_in(list(exclude)))
+    if xml is not None:
+        query = query.where((Document.kind == "xml") if xml else (Document.kind != "xml"))
     if account is not None:
         linked = (
             select(MessageDocument.document_id)
@@ -137,7 +144,7 @@ def claim_documents(
             .where(Message.account_id == account)
         )
         query = query.where(Document.id.in_(linked))
-    query = query.order_by(Document.kind.desc(), Document.id).limit(limit)
+    query = query.order_by(Document.kind.desc(), Document.attempts, Document.id).limit(limit)
     if _skip_locked(session):
         query = query.with_for_update(skip_locked=True)
     ids = list(session.scalars(query))

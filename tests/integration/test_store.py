@@ -167,7 +167,8 @@ def test_xml_data_replaces_text_data_as_the_live_invoice(database: Database) -> 
     with database.transaction() as session:
         assert repo.record_invoice(session, first, text, "k" * 64) == "new"
         assert repo.record_invoice(session, second, text, "k" * 64) == "duplicate"
-        assert repo.record_invoice(session, third, xml, "k" * 64) == "new"
+        # Still one live invoice for the key: counted as a duplicate, though now the live one.
+        assert repo.record_invoice(session, third, xml, "k" * 64) == "duplicate"
     with database.session() as session:
         rows = dict(session.execute(select(InvoiceRow.document_id, InvoiceRow.duplicate_of)).all())
         live_id = session.scalars(
@@ -175,6 +176,23 @@ def test_xml_data_replaces_text_data_as_the_live_invoice(database: Database) -> 
         ).one()
     assert rows[third] is None
     assert rows[first] == live_id and rows[second] == live_id
+
+
+def test_the_first_known_document_is_live_whatever_order_its_copies_are_read_in(
+    database: Database,
+) -> None:
+    """Parallel workers and cut-off runs read copies in any order: the outcome is the same."""
+    offline = Invoice(invoice_number="8", provenance=Provenance(extractor="offline"))
+    first, second = _document(database, "6" * 64), _document(database, "7" * 64)
+    with database.transaction() as session:
+        assert repo.record_invoice(session, second, offline, "m" * 64) == "new"
+        assert repo.record_invoice(session, first, offline, "m" * 64) == "duplicate"
+    with database.session() as session:
+        rows = dict(session.execute(select(InvoiceRow.document_id, InvoiceRow.duplicate_of)).all())
+        first_id = session.scalars(
+            select(InvoiceRow.id).where(InvoiceRow.document_id == first)
+        ).one()
+    assert rows[first] is None and rows[second] == first_id
 
 
 def test_a_batch_of_messages_in_chunks_keeps_the_first_name_of_a_shared_document(
