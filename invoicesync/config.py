@@ -12,6 +12,7 @@ This module and ``cli`` are the only places that read the environment.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import re
 import tomllib
@@ -131,12 +132,41 @@ class ExtractSettings(_Section):
 
     def worker_count(self) -> int:
         """The number of worker processes: ``processes``, or the CPUs this process may use."""
-        if self.processes:
-            return self.processes
-        try:
-            return max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:  # not on Linux
-            return max(1, os.cpu_count() or 1)
+        return self.processes or usable_cpus()
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: its affinity, capped by a container's CPU quota.
+
+    A Kubernetes ``limits.cpu: "1"`` on a 16-core node must mean one worker, not
+    sixteen: each worker may take up to ``memory_mb``, and the quota would share
+    one CPU between them anyway.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return max(1, cpus)
+
+
+def _cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The CPU quota in CPUs (cgroup v2 ``cpu.max`` or v1 CFS), None when unlimited."""
+    try:
+        quota, _, period = (root / "cpu.max").read_text().partition(" ")
+        if quota.strip() != "max":
+            return int(quota) / int(period)
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
 
 
 class OpenAISettings(_Section):

@@ -113,11 +113,14 @@ def print_status(database: Database) -> None:
     for column in ("item", "account", "what", "status", "attempts", "reason"):
         table.add_column(column, overflow="fold")
     for item in items:
+        status = item.status
+        if item.in_flight_since is not None:
+            status = f"in flight since {item.in_flight_since.isoformat(timespec='seconds')}"
         table.add_row(
             f"{item.kind}:{item.id}",
             item.account or "-",
             item.label,
-            item.status,
+            status,
             str(item.attempts),
             item.error or "",
         )

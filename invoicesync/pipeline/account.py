@@ -360,7 +360,10 @@ class AccountJob:
     def _ingest_one(
         self, source: MailSource, account_id: int, ref: MailRef, summary: AccountSummary
     ) -> None:
-        with log_context(stage="ingest", message_key=ref.key, document=None):
+        with (
+            log_context(stage="ingest", message_key=ref.key, document=None),
+            self.switch.working(f"mail {ref.folder}:{ref.key[:12]}"),
+        ):
             self._ingest(source, account_id, ref, summary)
 
     def _ingest(
@@ -692,12 +695,13 @@ class AccountJob:
                 log.warning("document=%s stage=extract %s", document.sha256[:12], quarantined)
             return
         try:
-            invoice = self.reader.read(
-                document,
-                model=not without_model,
-                deadline=self._account_deadline,
-                check=self._check_item,
-            )
+            with self.switch.working(f"document:{document.id} ({document.filename or 'unnamed'})"):
+                invoice = self.reader.read(
+                    document,
+                    model=not without_model,
+                    deadline=self._account_deadline,
+                    check=self._check_item,
+                )
         except CircuitOpenError:
             self._untried(document, summary)
             return

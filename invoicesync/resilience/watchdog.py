@@ -17,11 +17,13 @@ a second signal exits at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 from invoicesync.errors import RunAborted
@@ -42,6 +44,7 @@ class StopSwitch:
         self._lock = threading.Lock()
         self._closers: dict[int, Callable[[], None]] = {}
         self._next = 0
+        self._working: dict[int, tuple[str, float]] = {}
 
     def trip(self, stop: RunAborted, *, close: bool = True) -> bool:
         """Ask the run to stop; the first reason wins. Returns False if already tripped.
@@ -83,6 +86,26 @@ class StopSwitch:
         with self._lock:
             self._closers.pop(handle, None)
 
+    @contextlib.contextmanager
+    def working(self, item: str) -> Iterator[None]:
+        """Mark ``item`` in flight while the block runs (named when the run is stopped)."""
+        with self._lock:
+            self._next += 1
+            handle = self._next
+            self._working[handle] = (item, time.monotonic())
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._working.pop(handle, None)
+
+    def in_flight(self) -> list[str]:
+        """The items being worked now, each with how long it has been going."""
+        now = time.monotonic()
+        with self._lock:
+            items = sorted(self._working.values(), key=lambda entry: entry[1])
+        return [f"{item} for {now - since:.0f}s" for item, since in items]
+
     def install_signal_handlers(self, *, exit: Callable[[int], None] = os._exit) -> None:
         """SIGTERM/SIGINT: stop after the current item; a second signal exits at once."""
 
@@ -91,7 +114,8 @@ class StopSwitch:
             name = signal.Signals(signum).name
             stop = RunAborted(f"stopped by {name}", exit_code=code, status="interrupted")
             if not self.trip(stop, close=False):
-                log.warning("second %s: exiting now", name)
+                working = ", ".join(self.in_flight()) or "nothing"
+                log.warning("second %s: exiting now; in flight: %s", name, working)
                 exit(code)
 
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -130,7 +154,8 @@ class Watchdog:
         if self._done.wait(self.timeout):
             return
         reason = f"run exceeded timeouts.run = {self.timeout:g}s"
-        log.error("watchdog: %s; stopping", reason)
+        working = self.switch.in_flight()
+        log.error("watchdog: %s; stopping; in flight: %s", reason, ", ".join(working) or "nothing")
         self.switch.trip(RunAborted(reason, exit_code=4, status="aborted"))
         if self._done.wait(self.grace):
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from sqlalchemy import Select, func, select
@@ -64,10 +65,26 @@ class OpenItem:
     status: str
     attempts: int
     error: str | None
+    #: When a run that is still going started work on it: the item is in flight.
+    in_flight_since: dt.datetime | None = None
+
+
+def _running_owners(session: Session) -> set[str]:
+    """Run ids (as text) of the runs still going."""
+    return {str(id_) for id_ in session.scalars(select(Run.id).where(Run.status == "running"))}
+
+
+def _in_flight(
+    status: str, started_at: dt.datetime | None, owner: str | None, running: set[str]
+) -> dt.datetime | None:
+    if status in Status.DONE or started_at is None or owner is None:
+        return None
+    return started_at if owner.rpartition(":")[2] in running else None
 
 
 def open_items(session: Session, limit: int = 50) -> list[OpenItem]:
-    """Items not done, failures first."""
+    """Items not done, failures first, the ones in flight last."""
+    running = _running_owners(session)
     messages = session.execute(
         select(Message, Account.name)
         .join(Account, Account.id == Message.account_id)
@@ -82,15 +99,23 @@ def open_items(session: Session, limit: int = 50) -> list[OpenItem]:
         .limit(limit)
     )
     items = [
-        OpenItem("message", m.id, name, m.subject or m.key[:16], m.status, m.attempts, m.last_error)
+        OpenItem(
+            *("message", m.id, name, m.subject or m.key[:16], m.status, m.attempts, m.last_error),
+            _in_flight(m.status, m.started_at, m.started_by, running),
+        )
         for m, name in messages
     ] + [
         OpenItem(
-            "document", d.id, None, d.filename or d.sha256[:16], d.status, d.attempts, d.last_error
+            *("document", d.id, None, d.filename or d.sha256[:16], d.status),
+            *(d.attempts, d.last_error),
+            _in_flight(d.status, d.started_at, d.started_by, running),
         )
         for d in documents
     ]
-    return sorted(items, key=lambda item: item.status == Status.PENDING)
+    return sorted(
+        items,
+        key=lambda item: (item.status == Status.PENDING, item.in_flight_since is not None),
+    )
 
 
 def account_overview(session: Session) -> list[tuple[str, dict[str, int]]]:

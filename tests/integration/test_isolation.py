@@ -318,7 +318,12 @@ def test_no_worker_outlives_its_run(tmp_path: Path, how: str, expected: int) -> 
     if how.startswith("SIG"):
         _wait_in_flight(url, "fanout.pdf", process)
         assert len(_marked(marker)) >= 3  # the run, the fork server, a worker at least
+        status = cli("--config", str(config), "status", cwd=tmp_path)
+        assert "in flight" in status.stdout, status.stdout
         process.send_signal(getattr(signal, how))
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == expected, stderr
     assert _no_survivors(marker) == []
+    if how == "watchdog":
+        document = _document(url, "fanout.pdf")
+        assert f"in flight: document:{document.id} (fanout.pdf)" in stderr, stderr

@@ -114,3 +114,21 @@ def test_missing_secret_is_a_config_error_without_the_value(tmp_path: Path) -> N
             environ={"PW": "x"},
         )
     assert "hunter2" not in str(caught.value)
+
+
+def test_cgroup_cpu_quota_caps_the_default_worker_count(tmp_path: Path) -> None:
+    """A container's CPU limit, not the node's cores, sizes the default pool."""
+    from invoicesync.config import _cgroup_cpu_quota
+
+    assert _cgroup_cpu_quota(tmp_path) is None  # no cgroup files: unlimited
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert _cgroup_cpu_quota(tmp_path) is None
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert _cgroup_cpu_quota(tmp_path) == 1.5
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("50000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert _cgroup_cpu_quota(tmp_path) == 0.5
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert _cgroup_cpu_quota(tmp_path) is None

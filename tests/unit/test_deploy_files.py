@@ -9,6 +9,7 @@ the two shell scripts are run for real with stubs in place of ``invoicesync`` an
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shlex
@@ -655,3 +656,40 @@ def test_configmap_config_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         assert DATA_DIR in PurePosixPath(path).parents, f"{path} is not on the PVC"
     assert all(account.password is not None for account in settings.accounts)
     assert settings.openai.api_key is not None
+
+
+# What the run's own process may take (bench/run checks it), beside its workers.
+PARENT_MIB = 250
+
+
+def _mebibytes(quantity: str) -> float:
+    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024, "k": 1 / 1024, "m": 1, "g": 1024}
+    for unit, factor in units.items():
+        if quantity.endswith(unit):
+            return float(quantity[: -len(unit)]) * factor
+    return float(quantity) / (1024 * 1024)
+
+
+@CRONJOBS
+def test_cronjob_memory_limit_holds_the_run_and_its_workers(
+    cronjob_file: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One worker per CPU of the limit (the default), each at its memory cap, fits."""
+    (container,) = _pod(_cronjob(cronjob_file))["containers"]
+    limits = container["resources"]["limits"]
+    extract = _validate(_configmap_toml(), tmp_path, _secret_items(), monkeypatch).extract
+    workers = extract.processes or math.ceil(float(limits["cpu"]))
+    assert extract.memory_mb > 0, "workers without a memory cap can take the pod down"
+    assert PARENT_MIB + workers * extract.memory_mb <= _mebibytes(limits["memory"])
+
+
+def test_compose_memory_limit_holds_the_run_and_its_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = _compose()["services"]["invoicesync"]
+    text = COMPOSE_CONFIG.read_text(encoding="utf-8")
+    secrets = {name: "x" for name in _compose_secrets(service)}
+    extract = _validate(text, tmp_path, secrets, monkeypatch).extract
+    workers = extract.processes or math.ceil(float(service["cpus"]))
+    assert extract.memory_mb > 0
+    assert PARENT_MIB + workers * extract.memory_mb <= _mebibytes(service["mem_limit"])

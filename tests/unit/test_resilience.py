@@ -176,6 +176,24 @@ def test_watchdog_trips_closes_connections_then_exits() -> None:
     watchdog.finish()
 
 
+def test_watchdog_names_the_items_in_flight_when_it_fires(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    switch = StopSwitch()
+    exited: list[int] = []
+    with switch.working("document:7 (hangs.pdf)"), caplog.at_level(logging.ERROR):
+        with switch.working("mail INBOX:abc"):
+            pass  # finished: no longer in flight
+        watchdog = Watchdog(switch, timeout=0.05, grace=0.05, exit=exited.append).start()
+        deadline = time.monotonic() + 5
+        while not exited and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert "in flight: document:7 (hangs.pdf) for 0s" in caplog.text
+    assert "INBOX:abc" not in caplog.text
+    assert switch.in_flight() == []
+    watchdog.finish()
+
+
 def test_watchdog_stands_down_when_the_run_finishes() -> None:
     """A run that ends in time is never tripped nor exited."""
     switch = StopSwitch()
