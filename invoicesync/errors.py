@@ -12,7 +12,8 @@ Errors are classified by *what to do about them*, not by where they come from::
     │       ├── MalformedMailError
     │       ├── BadDocumentError
     │       ├── UnsafeXmlError
-    │       └── WorkerMemoryError  the document needed more than a worker may use
+    │       ├── WorkerMemoryError  the document needed more than a worker may use
+    │       └── MailQuarantined    a mail that used up its attempts without finishing
     ├── TransientError             may succeed later: retry with backoff, else leave pending
     │   ├── NetworkError           connection refused or reset, DNS, TLS handshake
     │   ├── OperationTimeout       a single operation exceeded its own timeout
@@ -39,6 +40,7 @@ __all__ = [
     "ConfigError",
     "FatalError",
     "InvoiceSyncError",
+    "MailQuarantined",
     "MalformedMailError",
     "NetworkError",
     "OperationTimeout",
@@ -131,6 +133,12 @@ class WorkerMemoryError(BadInputError):
     """Parsing one item needed more memory than a worker process may use."""
 
     kind = "memory"
+
+
+class MailQuarantined(BadInputError):
+    """A mail that used up its attempts without finishing: set aside, not worked again."""
+
+    kind = "quarantined"
 
 
 class NetworkError(TransientError):

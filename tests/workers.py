@@ -54,3 +54,21 @@ def ignore_term_and_sleep(seconds: float) -> str:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     time.sleep(seconds)
     return "woke"
+
+
+def walk_mails(raws: list[bytes]) -> list[object]:
+    """A stand-in MIME walk: b"hang" never returns, b"boom" kills the worker, else echo."""
+    from invoicesync.errors import MalformedMailError
+    from invoicesync.models import ParsedMail
+
+    results: list[object] = []
+    for raw in raws:
+        if raw == b"hang":
+            spin()
+        if raw == b"boom":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if raw == b"bad":
+            results.append(MalformedMailError("not a mail", stage="ingest"))
+            continue
+        results.append(ParsedMail(subject=raw.decode()))
+    return results

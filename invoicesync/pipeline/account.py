@@ -33,6 +33,7 @@ from invoicesync.errors import (
     BugError,
     FatalError,
     InvoiceSyncError,
+    MailQuarantined,
     ProtocolError,
     RunAborted,
     TransientError,
@@ -73,6 +74,10 @@ _BATCH = 4
 # A batch never waits longer than _COMMIT_SECONDS (slow link downloads, say).
 _COMMIT_EVERY = 50
 _COMMIT_SECONDS = 1.0
+# Mails whose attempts are counted in one transaction, then fetched and walked.
+_GROUP = 50
+# Raw mail walked in one worker call at most: a batch must not hold much memory.
+_PARSE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -103,6 +108,7 @@ class AccountJob:
         self.files = runner.files
         self.extractors = runner.extractors
         self.reader = runner.reader
+        self.mails = runner.mails
         self.breakers = runner.breakers
         self.source_factory = runner.source_factory
         self.max_bytes = runner.max_bytes
@@ -261,33 +267,39 @@ class AccountJob:
             return bool(ref.message_id) and ref.message_id in seen_before
 
         handled: set[str] = set()  # this run's: the same bytes twice in one folder are one message
+        group: list[MailRef] = []
         refs = source.scan(folder, position)
         for ref in self._new_refs(source, refs, account_id, folder, summary, stored_before):
             if ref.key in handled:
                 continue
-            self._check(deadline, lease)
             handled.add(ref.key)
             if stored_before(ref):
+                self._ingest_group(source, account_id, group, summary, deadline, lease)
+                group = []
                 self._commit_ingested(account_id, summary)
                 self._tx(partial(self._record_seen_before, account_id=account_id, ref=ref))
                 continue
-            if self._ingested and time.monotonic() - self._ingested_since >= _COMMIT_SECONDS:
-                self._commit_ingested(account_id, summary)  # before a mail that may be slow
-            self._ingest_one(source, account_id, ref, summary)
+            group.append(ref)
+            if len(group) >= _GROUP:
+                self._ingest_group(source, account_id, group, summary, deadline, lease)
+                group = []
+        self._ingest_group(source, account_id, group, summary, deadline, lease)
         self._commit_ingested(account_id, summary)
         current = source.position(folder)
         if current is None or current.uidvalidity is None:
             return  # local sources list every message on every scan
         with self.db.session() as session:
             retry = sync.workable_refs(session, account_id, folder, current.uidvalidity)
+        group = []
         for ref in retry:
             if ref.key in handled:
                 continue
-            self._check(deadline, lease)
             handled.add(ref.key)
-            self._ingest_one(
-                source, account_id, ref.model_copy(update={"account": source.account}), summary
-            )
+            group.append(ref.model_copy(update={"account": source.account}))
+            if len(group) >= _GROUP:
+                self._ingest_group(source, account_id, group, summary, deadline, lease)
+                group = []
+        self._ingest_group(source, account_id, group, summary, deadline, lease)
 
     def _new_refs(
         self,
@@ -357,24 +369,128 @@ class AccountJob:
             self._tx(done)
             summary.post_actions += len(uids)
 
-    def _ingest_one(
-        self, source: MailSource, account_id: int, ref: MailRef, summary: AccountSummary
+    def _ingest_group(
+        self,
+        source: MailSource,
+        account_id: int,
+        refs: list[MailRef],
+        summary: AccountSummary,
+        deadline: Deadline,
+        lease: LeaseKeeper,
     ) -> None:
-        with (
-            log_context(stage="ingest", message_key=ref.key, document=None),
-            self.switch.working(f"mail {ref.folder}:{ref.key[:12]}"),
-        ):
-            self._ingest(source, account_id, ref, summary)
+        """Mails in folder order: fetched, walked in workers a batch at a time, ingested.
+
+        A failure is recorded in its place in the folder order, after the mails
+        before it. On a stop, the mails already fetched are still walked and
+        ingested (``_ingest_folder`` then commits them), so as not to fetch them again.
+        """
+        fetched: list[tuple[MailRef, bytes]] = []
+        size = 0
+        try:
+            for ref in refs:
+                self._check(deadline, lease)
+                try:
+                    with self.switch.working(f"mail {ref.folder}:{ref.key[:12]} (fetch)"):
+                        raw = self._fetch(source, ref)
+                except InvoiceSyncError as exc:
+                    if not isinstance(exc, CircuitOpenError | BadInputError | TransientError):
+                        raise  # fatal for the whole account (auth, quota, config)
+                    self.switch.raise_if_tripped()  # a connection dropped by the stop
+                    self._walk(account_id, fetched, summary)
+                    fetched, size = [], 0
+                    if isinstance(exc, CircuitOpenError):
+                        self._not_tried(account_id, ref, exc, summary, counted=False)
+                    else:
+                        self._message_failed(account_id, ref, exc, summary, counted=False)
+                    continue
+                except Exception as exc:  # a bug must not stop the account nor lose the mail
+                    log.exception("account=%s key=%s unexpected error", ref.account, ref.key[:12])
+                    self._walk(account_id, fetched, summary)
+                    fetched, size = [], 0
+                    bug = BugError(repr(exc), stage="ingest")
+                    self._message_failed(account_id, ref, bug, summary, counted=False)
+                    continue
+                fetched.append((ref, raw))
+                size += len(raw)
+                if size >= _PARSE_BYTES:
+                    self._walk(account_id, fetched, summary)
+                    fetched, size = [], 0
+        except BaseException:
+            if fetched and not lease.lost.is_set():
+                with contextlib.suppress(Exception):
+                    self._walk(account_id, fetched, summary, stopping=True)
+            raise
+        self._walk(account_id, fetched, summary)
+
+    def _fetch(self, source: MailSource, ref: MailRef) -> bytes:
+        if source.endpoint is None:
+            return source.fetch(ref)
+        return self.breakers.for_endpoint(source.endpoint).call(lambda: source.fetch(ref))
+
+    def _walk(
+        self,
+        account_id: int,
+        fetched: list[tuple[MailRef, bytes]],
+        summary: AccountSummary,
+        *,
+        stopping: bool = False,
+    ) -> None:
+        """The MIME walk of ``fetched`` in a worker, then each mail ingested in order.
+
+        The attempts count first, in one committed transaction: a run that dies in
+        the walk (or later, on a link or the disk) has counted them, and a mail that
+        used up its attempts that way is quarantined here instead of walked again.
+        """
+        if not fetched:
+            return
+        quarantined = self._tx(
+            partial(
+                attempts.start_messages,
+                account=account_id,
+                refs=[ref for ref, _ in fetched],
+                owner=self.owner,
+                max_attempts=self.settings.retries.item_attempts,
+            )
+        )
+        raws = [raw for ref, raw in fetched if ref.key not in quarantined]
+        label = f"{len(raws)} mail(s) from {fetched[0][0].folder} (walk)"
+        with self.switch.working(label):
+            # While stopping, the walk is bounded by the grace period, not the stop.
+            check = None if stopping else self._check_item
+            parsed = iter(self.mails.parse(raws, check=check))
+        for ref, _ in fetched:
+            with (
+                log_context(stage="ingest", message_key=ref.key, document=None),
+                self.switch.working(f"mail {ref.folder}:{ref.key[:12]}"),
+            ):
+                reason = quarantined.get(ref.key)
+                if reason is not None:
+                    log.warning("account=%s key=%s %s", ref.account, ref.key[:12], reason)
+                    self._message_failed(
+                        account_id, ref, MailQuarantined(reason), summary, stopping=stopping
+                    )
+                    continue
+                self._ingest(account_id, ref, next(parsed), summary, stopping=stopping)
 
     def _ingest(
-        self, source: MailSource, account_id: int, ref: MailRef, summary: AccountSummary
+        self,
+        account_id: int,
+        ref: MailRef,
+        parsed: ParsedMail | InvoiceSyncError,
+        summary: AccountSummary,
+        *,
+        stopping: bool = False,
     ) -> None:
+        if isinstance(parsed, InvoiceSyncError):
+            if isinstance(parsed, BugError):
+                log.error("account=%s key=%s bug: %s", ref.account, ref.key[:12], parsed)
+            self._message_failed(account_id, ref, parsed, summary, stopping=stopping)
+            return
+        if stopping and self.settings.links.enabled and parsed.links and not parsed.attachments:
+            # No downloads once stopped: the mail is left for the next run, untried.
+            self._tx(partial(attempts.undo_message_start, account=account_id, ref=ref))
+            return
         try:
-            if source.endpoint is None:
-                parsed = stages.fetch_and_parse(source, ref)
-            else:
-                breaker = self.breakers.for_endpoint(source.endpoint)
-                parsed = breaker.call(lambda: stages.fetch_and_parse(source, ref))
             if self.settings.links.enabled:
                 stages.follow_links(
                     parsed, self._download, limit=self.settings.links.max_per_message
@@ -390,9 +506,9 @@ class AccountJob:
             return
         except InvoiceSyncError:
             raise  # fatal for the whole account (auth, quota, config)
-        except Exception as exc:  # a bug must not lose the mail: keep it pending
+        except Exception as exc:  # a bug must not lose the mail: counted, with kind bug
             log.exception("account=%s key=%s unexpected error", ref.account, ref.key[:12])
-            self._message_failed(account_id, ref, TransientError(repr(exc)), summary)
+            self._message_failed(account_id, ref, BugError(repr(exc), stage="ingest"), summary)
             return
         parsed.attachments = []  # on disk now: a batch must not hold documents in memory
         if not self._ingested:
@@ -472,7 +588,13 @@ class AccountJob:
             sync.advance_position(session, account_id, ref)
 
     def _not_tried(
-        self, account_id: int, ref: MailRef, exc: CircuitOpenError, summary: AccountSummary
+        self,
+        account_id: int,
+        ref: MailRef,
+        exc: CircuitOpenError,
+        summary: AccountSummary,
+        *,
+        counted: bool = True,
     ) -> None:
         """An endpoint's circuit is open: the mail waits for the next run, not counted as tried.
 
@@ -491,15 +613,26 @@ class AccountJob:
 
         def not_tried(session: Session) -> None:
             record(session)
+            if counted:
+                attempts.undo_message_start(session, account_id, ref)
             sync.advance_position(session, account_id, ref)
 
         self._tx(not_tried)
         summary.left_pending += 1
 
     def _message_failed(
-        self, account_id: int, ref: MailRef, exc: InvoiceSyncError, summary: AccountSummary
+        self,
+        account_id: int,
+        ref: MailRef,
+        exc: InvoiceSyncError,
+        summary: AccountSummary,
+        *,
+        counted: bool = True,
+        stopping: bool = False,
     ) -> None:
-        self.switch.raise_if_tripped()  # failures caused by the stop itself are not recorded
+        """Record a mail's failure; ``counted``: its attempt was counted when its walk began."""
+        if not stopping:
+            self.switch.raise_if_tripped()  # failures caused by the stop itself are not recorded
         self._commit_ingested(account_id, summary)  # the position must pass them first
         wanted = Status.FAILED_TRANSIENT if isinstance(exc, TransientError) else Status.FAILED_FATAL
         reason = f"{exc.kind}: {exc}"
@@ -512,6 +645,8 @@ class AccountJob:
                 status=wanted,
                 error=reason,
                 max_attempts=self.settings.retries.item_attempts,
+                attempt=not counted,
+                unfinished=isinstance(exc, WorkerTimeout | WorkerCrashed),
             )
             sync.advance_position(session, account_id, ref)
             return status

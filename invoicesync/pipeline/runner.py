@@ -29,6 +29,7 @@ from invoicesync.mail.source import MailSource
 from invoicesync.pipeline.account import AccountJob
 from invoicesync.pipeline.extraction import DocumentReader
 from invoicesync.pipeline.lease_keeper import ClaimKeeper, LeaseKeeper
+from invoicesync.pipeline.mail_reader import MailReader
 from invoicesync.pipeline.summary import AccountSummary, ModelUsage, RunResult
 from invoicesync.resilience.breaker import Breakers
 from invoicesync.resilience.processes import WorkerPool
@@ -75,9 +76,10 @@ class Runner:
         self.pool = WorkerPool(
             processes=settings.extract.worker_count(),
             memory_mb=settings.extract.memory_mb,
-            preload=PRELOAD,
+            preload=(*PRELOAD, "invoicesync.pipeline.mail_reader"),
         )
         self.reader = DocumentReader(settings, self.extractors, self.pool, self.files)
+        self.mails = MailReader(self.pool, timeout=settings.timeouts.extract_document)
         #: Why the model endpoint must not be called again this run (shared by all accounts).
         self.model_down: list[str] = []
         self.source_factory = source_factory
@@ -107,8 +109,9 @@ class Runner:
     def _run(self, run_id: int, worker: bool) -> RunResult:
         result = RunResult(run_id=run_id, status="running")
         claims = ClaimKeeper(self.db, self.owner, self.settings.leases.ttl)
-        # The watchdog's hard stop kills the workers with the connections.
-        killer = self.switch.register(self.pool.kill)
+        # A stop reaches a busy worker through its caller's check, which kills it within
+        # a tenth of a second: the pool itself stays usable, so that mails already
+        # fetched can still be walked and committed during the grace period.
         try:
             if self.cache is not None and self.extractors.uses_model:
                 self._purge_cache()
@@ -126,7 +129,6 @@ class Runner:
             result.status, result.error = "crashed", f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            self.switch.unregister(killer)
             self.pool.close()
             claims.stop()  # and gives back any claim still held
             self.extractors.close()  # the model client's keep-alive connections

@@ -18,6 +18,7 @@ a second signal exits at once.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -41,10 +42,15 @@ class StopSwitch:
     def __init__(self) -> None:
         self.event = threading.Event()
         self._stop: RunAborted | None = None
-        self._lock = threading.Lock()
+        # Reentrant: the signal handler runs in the main thread between two bytecodes,
+        # maybe while that very thread holds the lock (in ``register``, say).
+        self._lock = threading.RLock()
         self._closers: dict[int, Callable[[], None]] = {}
         self._next = 0
+        # Items in flight, without a lock: taken and read on every item, also by the
+        # signal handler; single dict operations are atomic under the GIL.
         self._working: dict[int, tuple[str, float]] = {}
+        self._work_ids = itertools.count(1)
 
     def trip(self, stop: RunAborted, *, close: bool = True) -> bool:
         """Ask the run to stop; the first reason wins. Returns False if already tripped.
@@ -89,21 +95,17 @@ class StopSwitch:
     @contextlib.contextmanager
     def working(self, item: str) -> Iterator[None]:
         """Mark ``item`` in flight while the block runs (named when the run is stopped)."""
-        with self._lock:
-            self._next += 1
-            handle = self._next
-            self._working[handle] = (item, time.monotonic())
+        handle = next(self._work_ids)  # atomic under the GIL, as are the dict operations
+        self._working[handle] = (item, time.monotonic())
         try:
             yield
         finally:
-            with self._lock:
-                self._working.pop(handle, None)
+            self._working.pop(handle, None)
 
     def in_flight(self) -> list[str]:
         """The items being worked now, each with how long it has been going."""
         now = time.monotonic()
-        with self._lock:
-            items = sorted(self._working.values(), key=lambda entry: entry[1])
+        items = sorted(self._working.copy().values(), key=lambda entry: entry[1])
         return [f"{item} for {now - since:.0f}s" for item, since in items]
 
     def install_signal_handlers(self, *, exit: Callable[[int], None] = os._exit) -> None:

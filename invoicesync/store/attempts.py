@@ -11,13 +11,23 @@ had ``retries.item_attempts`` attempts, the next start parks it as failed_fatal
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from invoicesync.store.schema import Document, Run, Status
+from invoicesync.models import MailRef
+from invoicesync.store.db import dialect_insert
+from invoicesync.store.schema import Document, Message, Run, Status
 
-__all__ = ["quarantine_reason", "start_document", "undo_start"]
+__all__ = [
+    "quarantine_reason",
+    "start_document",
+    "start_messages",
+    "undo_message_start",
+    "undo_start",
+]
 
 _RUN_ENDS = {
     "aborted": "run aborted",
@@ -41,6 +51,8 @@ def _how_it_ended(session: Session, owner: str | None) -> str:
     if not run_id.isdigit():
         return "unknown"
     status = session.scalar(select(Run.status).where(Run.id == int(run_id)))
+    if status is None:
+        return "unknown"
     return _RUN_ENDS.get(str(status), f"run ended {status}")
 
 
@@ -79,4 +91,83 @@ def undo_start(session: Session, document: int) -> None:
         update(Document)
         .where(Document.id == document, Document.attempts > 0)
         .values(attempts=Document.attempts - 1)
+    )
+
+
+def start_messages(
+    session: Session, account: int, refs: Sequence[MailRef], *, owner: str, max_attempts: int
+) -> dict[str, str]:
+    """Count an attempt on each mail of ``refs`` before it is fetched, in one statement.
+
+    A mail seen for the first time gets its row now (pending), so that a run that
+    dies on it has counted it. Returns the keys of the mails that used up their
+    attempts without finishing, each with its quarantine reason: the caller records
+    them as failed (in folder order) instead of working them. Commit before the work.
+    """
+    if not refs:
+        return {}
+    keys = {ref.key for ref in refs}
+    folders = {ref.folder for ref in refs}
+    rows = session.execute(
+        select(Message.folder, Message.key, Message.attempts, Message.started_by).where(
+            Message.account_id == account,
+            Message.folder.in_(folders),
+            Message.key.in_(keys),
+            Message.status.in_(Status.WORKABLE),
+        )
+    ).all()
+    quarantined: dict[str, str] = {}
+    for row in rows:
+        if row.attempts >= max_attempts:
+            quarantined[row.key] = quarantine_reason(
+                row.attempts, _how_it_ended(session, row.started_by)
+            )
+    now = _now()
+    values: dict[tuple[str, str], dict[str, Any]] = {
+        (ref.folder, ref.key): {
+            "account_id": account,
+            "folder": ref.folder,
+            "key": ref.key,
+            "uidvalidity": ref.uidvalidity,
+            "uid": ref.uid,
+            "status": Status.PENDING,
+            "attempts": 1,
+            "started_at": now,
+            "started_by": owner,
+            "links": [],
+            "notes": [],
+            "first_seen_at": now,
+            "updated_at": now,
+        }
+        for ref in refs
+        if ref.key not in quarantined
+    }
+    if values:
+        insert = dialect_insert(session, Message).values(list(values.values()))
+        session.execute(
+            insert.on_conflict_do_update(
+                index_elements=["account_id", "folder", "key"],
+                set_={
+                    "attempts": Message.attempts + 1,
+                    "started_at": now,
+                    "started_by": owner,
+                },
+                # A mail done (or parked) meanwhile by another run is left as it is.
+                where=Message.status.in_(Status.WORKABLE),
+            )
+        )
+    return quarantined
+
+
+def undo_message_start(session: Session, account: int, ref: MailRef) -> None:
+    """The mail was left untried after all (an endpoint's circuit was open)."""
+    session.execute(
+        update(Message)
+        .where(
+            Message.account_id == account,
+            Message.folder == ref.folder,
+            Message.key == ref.key,
+            Message.attempts > 0,
+        )
+        .values(attempts=Message.attempts - 1)
     )

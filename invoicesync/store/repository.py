@@ -247,13 +247,16 @@ def record_message_failure(
     error: str,
     max_attempts: int | None = None,
     attempt: bool = True,
+    unfinished: bool = False,
 ) -> str:
     """Record a failed message, counting the attempt; returns the status it ends up with.
 
     A transient failure stays workable for the next run until ``max_attempts``
     attempts have failed; then it is parked as failed_fatal with the reason.
-    ``attempt=False`` records a message that was not tried (an endpoint's circuit was
-    open), so that it is not forgotten once the folder position passes it.
+    ``attempt=False``: the attempt was counted when it started (``store.attempts``),
+    or the message was not tried (an endpoint's circuit was open) and is recorded so
+    that it is not forgotten once the folder position passes it. ``unfinished``: the
+    attempt was cut off (a timeout, a dead worker): parked as quarantined.
     """
     now = _now()
     statement = dialect_insert(session, Message).values(
@@ -280,7 +283,9 @@ def record_message_failure(
         )
     )
     where = (Message.account_id == account, Message.folder == ref.folder, Message.key == ref.key)
-    return _park_if_exhausted(session, Message, where, status, error, max_attempts)
+    return _park_if_exhausted(
+        session, Message, where, status, error, max_attempts, unfinished=unfinished
+    )
 
 
 def _park_if_exhausted(

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, select
 
-from invoicesync.store.schema import Document
+from invoicesync.store.schema import Document, Message
 from tests.conftest import EXAMPLES, write_config
 from tests.helpers import cli, exported
 from tests.hostile import fanout_pdf, flate_bomb_pdf
@@ -327,3 +327,42 @@ def test_no_worker_outlives_its_run(tmp_path: Path, how: str, expected: int) -> 
     if how == "watchdog":
         document = _document(url, "fanout.pdf")
         assert f"in flight: document:{document.id} (fanout.pdf)" in stderr, stderr
+
+
+def _hostile_mails(maildir: Path) -> None:
+    """A Subject of 21,000 RFC 2047 encoded words, and a From of 1 MB of addresses."""
+    storm = " ".join(["=?utf-8?q?Rechnung_?="] * 21_000)
+    addresses = ", ".join(f"user{n}@sender.example" for n in range(45_000))
+    for name, header in (("storm", f"Subject: {storm}"), ("crowd", f"From: {addresses}")):
+        other = "From: a@sender.example" if name == "storm" else "Subject: many senders"
+        raw = (
+            f"{header}\r\n{other}\r\nTo: ap@company.example\r\n"
+            f"Message-ID: <{name}@sender.example>\r\n\r\nSee attachment.\r\n"
+        ).encode()
+        (maildir / "cur" / f"0000.{name}:2,").write_bytes(raw)
+
+
+def test_hostile_mails_fail_alone_or_pass_and_every_other_mail_is_stored(
+    tmp_path: Path, reference: list[tuple[str, str]]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    maildir = _sample_with(tmp_path, "none", None)
+    _hostile_mails(maildir)
+    config = _config(tmp_path, url, maildir)
+    started = time.monotonic()
+    result = cli("--config", str(config), "run", cwd=tmp_path)
+    assert result.returncode in (0, 1), result.stderr
+    # Each costs at most its limit twice (in its batch, then alone).
+    assert time.monotonic() - started < 4 * LIMIT + 20
+    assert exported(url) == reference
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(Message.status, Message.last_error, Message.attempts)
+        ).all()
+    engine.dispose()
+    assert len(rows) == len(list((maildir / "cur").iterdir()))  # every mail has its outcome
+    for status, error, attempts in rows:
+        assert attempts == 1
+        assert status in ("ok", "no_invoice", "failed_transient", "failed_fatal")
+        assert not status.startswith("failed") or error

@@ -226,3 +226,28 @@ def test_a_batch_of_messages_in_chunks_keeps_the_first_name_of_a_shared_document
     assert [subjects[i] for i in ids] == ["mail 0", "mail 1", "mail 2"]
     assert len(names) == 3 * 3 + 1 and links == 3 * 4
     assert names[f"{999:064x}"] == "shared-0.pdf"
+
+
+def test_mail_attempts_count_at_start_and_quarantine_after_the_last(database: Database) -> None:
+    """A mail whose runs die on it is counted each time, then set aside with the reason."""
+    from invoicesync.store import attempts
+
+    ref = MailRef(account="a", folder="INBOX", key="q" * 64, uidvalidity=1, uid=7)
+    with database.transaction() as session:
+        account = repo.account_id(session, "a")
+    for _ in range(2):
+        with database.transaction() as session:
+            assert (
+                attempts.start_messages(session, account, [ref], owner="h:1:9", max_attempts=2)
+                == {}
+            )
+    with database.transaction() as session:
+        reasons = attempts.start_messages(session, account, [ref], owner="h:1:9", max_attempts=2)
+    assert reasons == {ref.key: "quarantined after 2 attempts that did not finish (last: unknown)"}
+    with database.session() as session:
+        row = session.scalars(select(Message).where(Message.key == ref.key)).one()
+        assert (row.status, row.attempts, row.started_by) == ("pending", 2, "h:1:9")
+    with database.transaction() as session:
+        attempts.undo_message_start(session, account, ref)
+    with database.session() as session:
+        assert session.scalars(select(Message.attempts).where(Message.key == ref.key)).one() == 1
