@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from invoicesync import logs, malloc
 from invoicesync.config import Settings, config_path, load_settings
@@ -111,7 +111,16 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
             fmt=settings.logging.format,
             level=_level(args, settings.logging.level),
         )
-        return _dispatch(args, settings)
+    except ConfigError as exc:
+        print(f"invoicesync: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return _guarded(lambda: _dispatch(args, settings))
+
+
+def _guarded(command: Callable[[], int]) -> int:
+    """``command``'s exit code; a stop or an error of the tree as one line and its code."""
+    try:
+        return command()
     except ConfigError as exc:
         print(f"invoicesync: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -175,8 +184,9 @@ def _schedule(settings: Settings, *, every: str | None, once: bool, quiet: bool)
     except ValueError as exc:
         raise ConfigError(str(exc), key="schedule.every") from None
     metrics = RunMetrics()
+    logging_setup = (settings.logging.format, logging.getLogger().level)
     scheduler = Scheduler(
-        lambda switch: _run(settings, switch=switch, quiet=quiet, metrics=metrics),
+        lambda switch: _cycle(settings, switch, quiet, metrics, logging_setup),
         every=interval,
         jitter=settings.schedule.jitter,
     )
@@ -195,6 +205,46 @@ def _schedule(settings: Settings, *, every: str | None, once: bool, quiet: bool)
     return code
 
 
+def _cycle(
+    settings: Settings,
+    switch: StopSwitch,
+    quiet: bool,
+    metrics: RunMetrics,
+    logging_setup: tuple[str, int],
+) -> int:
+    """A scheduler's cycle: one run in a child process (``invoicesync.cycle``).
+
+    Its metrics are the scheduler's: the child reports its result, and a child
+    ended by its watchdog (or killed) is recorded from its exit code.
+    """
+    from invoicesync.cycle import run_in_child
+
+    started = time.monotonic()
+    code, report = run_in_child(_cycle_child, (settings, quiet, logging_setup), switch=switch)
+    if report is None:
+        status = {4: "aborted", 130: "interrupted", 143: "interrupted"}.get(code, "crashed")
+        result, duration = RunResult(run_id=0, status=status, forced_exit=code), None
+        log.error("cycle ended with exit code %d before reporting its result", code)
+    else:
+        result, duration = report
+    _publish(settings, metrics, result, duration or time.monotonic() - started)
+    return code
+
+
+def _cycle_child(
+    report: Callable[[Any], None],
+    settings: Settings,
+    quiet: bool,
+    logging_setup: tuple[str, int],
+) -> int:
+    """In the cycle's process: one run, its result reported instead of published."""
+    logs.configure(fmt=logging_setup[0], level=logging_setup[1])
+    logs.register_settings_secrets(settings)
+    return _guarded(
+        lambda: _run(settings, quiet=quiet, publish_to=lambda *result: report(result))
+    )
+
+
 def _run(
     settings: Settings,
     *,
@@ -202,11 +252,13 @@ def _run(
     quiet: bool = False,
     metrics: RunMetrics | None = None,
     worker: bool = False,
+    publish_to: Callable[[RunResult, float], None] | None = None,
 ) -> int:
     """One run under the watchdog, with SIGTERM/SIGINT handled between items.
 
-    With ``switch`` (a scheduler's cycle) the caller owns the signal handlers. The
-    run's metrics go to the configured sinks whatever its outcome.
+    With ``switch`` the caller owns the signal handlers. The run's metrics go to
+    the configured sinks whatever its outcome, or to ``publish_to`` (a cycle's
+    process hands them to its scheduler).
     """
     from invoicesync.pipeline.runner import Runner
     from invoicesync.report import print_summary
@@ -253,7 +305,10 @@ def _run(
         watchdog.finish()
         if database is not None:
             database.dispose()
-        _publish(settings, metrics or RunMetrics(), result, time.monotonic() - started)
+        if publish_to is not None:
+            publish_to(result, time.monotonic() - started)
+        else:
+            _publish(settings, metrics or RunMetrics(), result, time.monotonic() - started)
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -202,3 +203,54 @@ def test_schedule_serves_metrics_that_grow_with_each_cycle(tmp_path: Path) -> No
     assert samples[("invoicesync_invoices_total", (("account", "sample"),))] == 13
     with pytest.raises(requests.ConnectionError):  # the server stopped with the scheduler
         requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2)
+
+
+def _cycle_processes(scheduler: int) -> list[int]:
+    """The scheduler's cycle child processes alive now."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat[1]) == scheduler and stat[0] != "Z" and b"spawn_main" in command:
+            found.append(int(entry.name))
+    return found
+
+
+def test_the_scheduler_outlives_cycles_that_are_aborted_or_killed(tmp_path: Path) -> None:
+    """A hostile document makes each cycle overrun its run limit, and one cycle's process is
+    SIGKILLed: the scheduler goes on with its cycles and still stops cleanly."""
+    from tests.hostile import fanout_pdf
+    from tests.integration.test_isolation import _mail_with_pdf
+
+    db_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    maildir = tmp_path / "mailbox"
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    _mail_with_pdf(maildir, "fanout", fanout_pdf())
+    config = write_config(
+        tmp_path / "c.toml",
+        db_url=db_url,
+        storage=tmp_path / "docs",
+        maildir=maildir,
+        extra="[schedule]\njitter = 0\n[timeouts]\nrun = 3\ngrace = 1\nextract_document = 60\n"
+        "[retries]\nitem_attempts = 50",
+    )
+    process = start_cli("--config", str(config), "schedule", "--every", "1s", cwd=tmp_path)
+    try:
+        _wait_for(lambda: _runs(db_url)[:2] == ["aborted", "aborted"], timeout=40)
+        _wait_for(lambda: len(_runs(db_url)) >= 3 and _cycle_processes(process.pid), timeout=20)
+        (child,) = _cycle_processes(process.pid)
+        os.kill(child, signal.SIGKILL)
+        killed = len(_runs(db_url))
+        _wait_for(lambda: len(_runs(db_url)) > killed, timeout=20)  # the next cycle began
+        assert process.poll() is None
+    finally:
+        code, _, err = _stop(process, within=8)
+    assert code == 0, err
+    assert "killed by SIGKILL" in err
+    assert _cycle_processes(process.pid) == []
