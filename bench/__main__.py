@@ -26,7 +26,7 @@ from typing import Any
 
 from bench.common import ROOT, Context, Figure
 
-FIGURES = ("ingest", "noop", "extraction", "memory", "scaleout")
+FIGURES = ("ingest", "noop", "extraction", "memory", "scaleout", "hostile")
 #: --quick: small sizes for a smoke test (about a minute).
 QUICK = Context(
     work=Path(), messages=200, noop_sizes=(200, 1000), memory_sizes=(200, 500), workers_accounts=6
