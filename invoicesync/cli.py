@@ -136,9 +136,9 @@ def _guarded(command: Callable[[], int]) -> int:
 
 
 def _exit_code(exc: InvoiceSyncError) -> int:
-    if isinstance(exc, ConfigError):
-        return EXIT_USAGE
-    return EXIT_FATAL if isinstance(exc, FatalError) else EXIT_PENDING
+    from invoicesync.pipeline.outcomes import exit_code  # the one outcome policy
+
+    return exit_code(exc)
 
 
 def _level(args: argparse.Namespace, configured: str) -> int:
@@ -240,9 +240,7 @@ def _cycle_child(
     """In the cycle's process: one run, its result reported instead of published."""
     logs.configure(fmt=logging_setup[0], level=logging_setup[1])
     logs.register_settings_secrets(settings)
-    return _guarded(
-        lambda: _run(settings, quiet=quiet, publish_to=lambda *result: report(result))
-    )
+    return _guarded(lambda: _run(settings, quiet=quiet, publish_to=lambda *result: report(result)))
 
 
 def _run(

@@ -7,6 +7,7 @@ Money is always ``Decimal``; floats never touch an amount.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
 
@@ -15,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "AllowanceCharge",
     "Attachment",
+    "CacheKey",
+    "CachedReading",
     "DocumentType",
     "FolderPosition",
     "Invoice",
@@ -185,3 +188,21 @@ class Invoice(_Model):
         if reason not in self.review_reasons:
             self.review_reasons = [*self.review_reasons, reason]
         self.needs_review = True
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """What a model's reading of a document depends on: the bytes, the model, the prompt."""
+
+    sha256: str
+    model: str
+    prompt_version: str
+
+
+@dataclass(frozen=True)
+class CachedReading:
+    """A stored reading: the invoice (None: not an invoice) and what it cost."""
+
+    invoice: Invoice | None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0

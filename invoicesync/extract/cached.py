@@ -15,32 +15,15 @@ import math
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Protocol
 
 from invoicesync.errors import OperationTimeout, TransientError
-from invoicesync.models import Invoice
+from invoicesync.models import CachedReading, CacheKey, Invoice
 from invoicesync.resilience.timeouts import Deadline
 
 __all__ = ["CacheKey", "CachedReader", "CachedReading", "Reader", "ResultStore"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CacheKey:
-    sha256: str
-    model: str
-    prompt_version: str
-
-
-@dataclass(frozen=True)
-class CachedReading:
-    """A stored reading: the invoice (None: not an invoice) and what it cost."""
-
-    invoice: Invoice | None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
 
 
 class ResultStore(Protocol):

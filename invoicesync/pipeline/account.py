@@ -37,15 +37,14 @@ from invoicesync.errors import (
     ProtocolError,
     RunAborted,
     TransientError,
-    WorkerCrashed,
-    WorkerTimeout,
 )
 from invoicesync.fetch.redact import redact_url
 from invoicesync.logs import log_context
 from invoicesync.mail.source import MailSource
 from invoicesync.models import MailRef, ParsedMail
-from invoicesync.pipeline import stages
+from invoicesync.pipeline import outcomes, stages
 from invoicesync.pipeline.lease_keeper import LeaseKeeper
+from invoicesync.pipeline.outcomes import Decision, Outcome, Stage
 from invoicesync.pipeline.sources import open_source
 from invoicesync.pipeline.summary import AccountSummary
 from invoicesync.resilience.breaker import CircuitOpenError
@@ -392,23 +391,20 @@ class AccountJob:
                 try:
                     with self.switch.working(f"mail {ref.folder}:{ref.key[:12]} (fetch)"):
                         raw = self._fetch(source, ref)
-                except InvoiceSyncError as exc:
-                    if not isinstance(exc, CircuitOpenError | BadInputError | TransientError):
+                except Exception as exc:
+                    decision = outcomes.decide(exc, Stage.INGEST)
+                    if decision.outcome is Outcome.STOP_ACCOUNT:
                         raise  # fatal for the whole account (auth, quota, config)
                     self.switch.raise_if_tripped()  # a connection dropped by the stop
+                    if decision.outcome is Outcome.BUG:
+                        log.exception("account=%s key=%s bug", ref.account, ref.key[:12])
                     self._walk(account_id, fetched, summary)
                     fetched, size = [], 0
                     if isinstance(exc, CircuitOpenError):
                         self._not_tried(account_id, ref, exc, summary, counted=False)
                     else:
-                        self._message_failed(account_id, ref, exc, summary, counted=False)
-                    continue
-                except Exception as exc:  # a bug must not stop the account nor lose the mail
-                    log.exception("account=%s key=%s unexpected error", ref.account, ref.key[:12])
-                    self._walk(account_id, fetched, summary)
-                    fetched, size = [], 0
-                    bug = BugError(repr(exc), stage="ingest")
-                    self._message_failed(account_id, ref, bug, summary, counted=False)
+                        error = outcomes.as_error(exc, Stage.INGEST)
+                        self._message_failed(account_id, ref, error, summary, counted=False)
                     continue
                 fetched.append((ref, raw))
                 size += len(raw)
@@ -498,17 +494,16 @@ class AccountJob:
             # Links may carry access tokens: only their redacted form is ever stored.
             parsed.links = [redact_url(link) for link in parsed.links]
             documents = stages.store_documents(parsed, self.files, max_bytes=self.max_bytes)
-        except CircuitOpenError as exc:
-            self._not_tried(account_id, ref, exc, summary)
-            return
-        except (BadInputError, TransientError) as exc:
-            self._message_failed(account_id, ref, exc, summary)
-            return
-        except InvoiceSyncError:
-            raise  # fatal for the whole account (auth, quota, config)
-        except Exception as exc:  # a bug must not lose the mail: counted, with kind bug
-            log.exception("account=%s key=%s unexpected error", ref.account, ref.key[:12])
-            self._message_failed(account_id, ref, BugError(repr(exc), stage="ingest"), summary)
+        except Exception as exc:
+            decision = outcomes.decide(exc, Stage.INGEST)
+            if decision.outcome is Outcome.STOP_ACCOUNT:
+                raise  # fatal for the whole account (auth, quota, config)
+            if isinstance(exc, CircuitOpenError):
+                self._not_tried(account_id, ref, exc, summary)
+                return
+            if decision.outcome is Outcome.BUG:
+                log.exception("account=%s key=%s bug", ref.account, ref.key[:12])
+            self._message_failed(account_id, ref, outcomes.as_error(exc, Stage.INGEST), summary)
             return
         parsed.attachments = []  # on disk now: a batch must not hold documents in memory
         if not self._ingested:
@@ -553,16 +548,14 @@ class AccountJob:
         with log_context(stage="ingest", message_key=item.ref.key, document=None):
             try:
                 self._tx(lambda s: self._record(s, account_id, [item]))
-            except (BadInputError, TransientError) as exc:
-                self._message_failed(account_id, item.ref, exc, summary)
-                return
-            except InvoiceSyncError:
-                raise
-            except Exception as exc:  # a bug must not lose the mail: keep it pending
-                log.exception(
-                    "account=%s key=%s unexpected error", *(item.ref.account, item.ref.key[:12])
-                )
-                self._message_failed(account_id, item.ref, TransientError(repr(exc)), summary)
+            except Exception as exc:
+                decision = outcomes.decide(exc, Stage.INGEST)
+                if decision.outcome is Outcome.STOP_ACCOUNT:
+                    raise
+                if decision.outcome is Outcome.BUG:
+                    log.exception("account=%s key=%s bug", item.ref.account, item.ref.key[:12])
+                error = outcomes.as_error(exc, Stage.INGEST)
+                self._message_failed(account_id, item.ref, error, summary)
                 return
         self._committed(item, summary)
 
@@ -634,8 +627,13 @@ class AccountJob:
         if not stopping:
             self.switch.raise_if_tripped()  # failures caused by the stop itself are not recorded
         self._commit_ingested(account_id, summary)  # the position must pass them first
-        wanted = Status.FAILED_TRANSIENT if isinstance(exc, TransientError) else Status.FAILED_FATAL
-        reason = f"{exc.kind}: {exc}"
+        decision = outcomes.decide(exc, Stage.INGEST)
+        wanted = (
+            Status.FAILED_TRANSIENT
+            if decision.outcome is Outcome.RETRY_LATER
+            else Status.FAILED_FATAL
+        )
+        reason = f"{decision.kind}: {exc}"
 
         def record(session: Session) -> str:
             status = repo.record_message_failure(
@@ -646,7 +644,7 @@ class AccountJob:
                 error=reason,
                 max_attempts=self.settings.retries.item_attempts,
                 attempt=not counted,
-                unfinished=isinstance(exc, WorkerTimeout | WorkerCrashed),
+                unfinished=decision.unfinished,
             )
             sync.advance_position(session, account_id, ref)
             return status
@@ -837,35 +835,10 @@ class AccountJob:
                     deadline=self._account_deadline,
                     check=self._check_item,
                 )
-        except CircuitOpenError:
-            self._untried(document, summary)
-            return
         except AccountStopped:
             raise
-        except (BadInputError, TransientError, OSError) as exc:
-            self.switch.raise_if_tripped()
-            self._document_failed(document, exc, summary)
-            return
-        except FatalError as exc:
-            # Bad key, no quota, unknown model: stop calling the endpoint for the whole run
-            # (every account); its documents stay pending, untouched, for a later run.
-            self.model_down.append(str(exc))
-            summary.status, summary.error = "fatal", f"model endpoint: {exc}"
-            summary.count_failure("extract", exc.kind)
-            self._untried(document, summary)
-            log.error("document=%s stage=extract fatal: %s", document.sha256[:12], exc)
-            return
-        except RemoteBug as exc:  # a bug in a parser: fix it, don't retry it for ever
-            self.switch.raise_if_tripped()
-            log.error(
-                "document=%s stage=extract bug in a worker: %s\n%s",
-                *(document.sha256[:12], exc, exc.remote_traceback),
-            )
-            self._document_failed(document, BugError(str(exc), stage="extract"), summary)
-            return
-        except Exception as exc:  # a bug must not stop the run nor lose the document
-            log.exception("document=%s stage=extract unexpected error", document.sha256[:12])
-            self._document_failed(document, BugError(repr(exc), stage="extract"), summary)
+        except Exception as exc:
+            self._extract_failed(document, exc, summary)
             return
         if invoice is None and without_model and document.kind == "pdf":
             self._untried(document, summary)  # maybe an invoice the model reads: next run
@@ -882,6 +855,31 @@ class AccountJob:
         elif outcome == repo.InvoiceOutcome.DUPLICATE:
             summary.duplicates += 1
 
+    def _extract_failed(self, document: Document, exc: Exception, summary: AccountSummary) -> None:
+        decision = outcomes.decide(exc, Stage.EXTRACT)
+        if decision.outcome is Outcome.LEAVE_UNTRIED:
+            self._untried(document, summary)
+            return
+        if decision.outcome is Outcome.STOP_ENDPOINT:
+            # Bad key, no quota, unknown model: stop calling the endpoint for the whole run
+            # (every account); its documents stay pending, untouched, for a later run.
+            self.model_down.append(str(exc))
+            summary.status, summary.error = "fatal", f"model endpoint: {exc}"
+            summary.count_failure("extract", decision.kind)
+            self._untried(document, summary)
+            log.error("document=%s stage=extract fatal: %s", document.sha256[:12], exc)
+            return
+        self.switch.raise_if_tripped()  # a failure the stop caused is not the document's
+        if decision.outcome is Outcome.BUG:  # logged once, with its traceback: fix it
+            if isinstance(exc, RemoteBug):
+                log.error(
+                    "document=%s stage=extract bug in a worker: %s\n%s",
+                    *(document.sha256[:12], exc, exc.remote_traceback),
+                )
+            else:
+                log.error("document=%s stage=extract bug", document.sha256[:12], exc_info=exc)
+        self._document_failed(document, outcomes.as_error(exc, Stage.EXTRACT), summary, decision)
+
     def _check_item(self) -> None:
         """While a worker parses: a stop or the account's deadline ends the document."""
         self.switch.raise_if_tripped()
@@ -895,10 +893,15 @@ class AccountJob:
         self._tx(partial(attempts.undo_start, document=document.id))
         summary.left_pending += 1
 
-    def _document_failed(self, document: Document, exc: Exception, summary: AccountSummary) -> None:
-        fatal = isinstance(exc, BadInputError | BugError)
-        wanted = Status.FAILED_FATAL if fatal else Status.FAILED_TRANSIENT
-        kind = exc.kind if isinstance(exc, InvoiceSyncError) else "io"
+    def _document_failed(
+        self,
+        document: Document,
+        exc: Exception,
+        summary: AccountSummary,
+        decision: Decision | None = None,
+    ) -> None:
+        decision = decision or outcomes.decide(exc, Stage.EXTRACT)
+        wanted, kind = decision.status, decision.kind
         reason = f"{kind}: {exc}"
         status = self._tx(
             lambda s: repo.record_document_outcome(
@@ -907,7 +910,7 @@ class AccountJob:
                 status=wanted,
                 error=reason,
                 max_attempts=self.settings.retries.item_attempts,
-                unfinished=isinstance(exc, WorkerTimeout | WorkerCrashed),
+                unfinished=decision.unfinished,
             )
         )
         summary.failed += 1

@@ -11,8 +11,7 @@ import datetime as dt
 
 from sqlalchemy import delete, select
 
-from invoicesync.extract.cached import CachedReading, CacheKey
-from invoicesync.models import Invoice
+from invoicesync.models import CachedReading, CacheKey, Invoice
 from invoicesync.store.db import Database, dialect_insert
 from invoicesync.store.schema import ExtractionCache
 
