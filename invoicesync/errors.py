@@ -25,6 +25,7 @@ Errors are classified by *what to do about them*, not by where they come from::
     └── BugError                   an exception outside this tree: a bug, not retried
 
     RunAborted (BaseException)     the watchdog or a signal stops the run
+    AccountStopped (BaseException) an account's deadline or lost lease stops that account
 
 Foreign exceptions are translated where each library is called, with the
 original chained as ``__cause__``. Messages carry context, never secrets.
@@ -33,6 +34,7 @@ original chained as ``__cause__``. Messages carry context, never secrets.
 from __future__ import annotations
 
 __all__ = [
+    "AccountStopped",
     "AuthError",
     "BadDocumentError",
     "BadInputError",
@@ -203,3 +205,16 @@ class RunAborted(BaseException):
         self.reason = reason
         self.exit_code = exit_code
         self.status = status
+
+
+class AccountStopped(BaseException):
+    """Raised inside an account's work to stop it (its deadline, a lost lease).
+
+    Control flow, like ``RunAborted``: its remaining items stay pending, the other
+    accounts go on. ``status`` is the account's status in the summary.
+    """
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason

@@ -27,7 +27,8 @@ from invoicesync.extract.select import ExtractorSelection
 from invoicesync.logs import log_context
 from invoicesync.mail.source import MailSource
 from invoicesync.pipeline.account import AccountJob
-from invoicesync.pipeline.extraction import DocumentReader
+from invoicesync.pipeline.context import RunContext
+from invoicesync.pipeline.document_reader import DocumentReader
 from invoicesync.pipeline.lease_keeper import ClaimKeeper, LeaseKeeper
 from invoicesync.pipeline.mail_reader import MailReader
 from invoicesync.pipeline.summary import AccountSummary, ModelUsage, RunResult
@@ -92,6 +93,22 @@ class Runner:
         self.tried_lock = threading.Lock()
         self.deadline = Deadline(settings.timeouts.run)
         self._store_retry = RetryPolicy(settings.retries, stage="store", cancel=self.switch.event)
+        self.context = RunContext(
+            settings=settings,
+            db=database,
+            switch=self.switch,
+            files=self.files,
+            breakers=self.breakers,
+            extractors=self.extractors,
+            reader=self.reader,
+            mails=self.mails,
+            deadline=self.deadline,
+            tx=self.tx,
+            source_factory=source_factory,
+            model_down=self.model_down,
+            tried_documents=self.tried_documents,
+            tried_lock=self.tried_lock,
+        )
 
     # ------------------------------------------------------------------ run
 
@@ -101,7 +118,7 @@ class Runner:
         host = socket.gethostname()
         self.started_at = dt.datetime.now(dt.UTC)
         self.run_id = run_id = self.tx(lambda s: self._start(s, host))
-        self.owner = leases.owner_id(run_id)
+        self.owner = self.context.owner = leases.owner_id(run_id)
         with log_context(run_id=run_id):
             log.info("run %d started on %s%s", run_id, host, " as a worker" if worker else "")
             return self._run(run_id, worker)
@@ -213,7 +230,7 @@ class Runner:
     def _extract_backlog(self, result: RunResult) -> None:
         """Pending documents of any account, claimed in batches alongside other workers."""
         summary = AccountSummary("(backlog)")
-        AccountJob(self).extract_backlog(summary)
+        AccountJob(self.context).extract_backlog(summary)
         if summary.documents or summary.failed or summary.invoices or summary.left_pending:
             result.accounts.append(summary)
 
@@ -295,7 +312,7 @@ class Runner:
             log.info("account=%s %s", account.name, summary.error)
             return
         try:
-            AccountJob(self).work(account, account_id, summary, lease)
+            AccountJob(self.context).work(account, account_id, summary, lease)
             # Worked for this cycle, whatever the outcome: what failed waits for the next one.
             self.tx(partial(work.mark_done, account=account_id, started_at=self.started_at))
         finally:
