@@ -10,12 +10,13 @@ which uses lxml's default parser on hostile input.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import pydantic
 from lxml import etree
 
-from invoicesync.errors import BadInputError
+from invoicesync.errors import BadInputError, UnsafeXmlError
 from invoicesync.extract.cii import CII_ROOT, map_cii
 from invoicesync.extract.pdf import embedded_files, is_pdf
 from invoicesync.extract.review import check_invoice
@@ -41,6 +42,7 @@ _MAPPERS: dict[str, _Mapper] = {
 }
 # What may precede "<" in an XML document: whitespace and byte-order marks.
 _XML_LEAD = b" \t\r\n\xef\xbb\xbf\xfe\xff\x00"
+_log = logging.getLogger(__name__)
 
 
 def parse_einvoice(xml: bytes) -> Invoice | None:
@@ -51,7 +53,11 @@ def parse_einvoice(xml: bytes) -> Invoice | None:
     for malformed XML or unreadable amounts.
     """
     # Blank lines before the XML declaration are common in mail attachments and harmless.
-    root = parse_xml(xml.lstrip(b" \t\r\n"))
+    return _invoice(parse_xml(xml.lstrip(b" \t\r\n")))
+
+
+def _invoice(root: etree._Element) -> Invoice | None:
+    """``parse_einvoice`` after parsing: the mapper for the root element, and the review."""
     mapper = _MAPPERS.get(str(root.tag))
     if mapper is None:
         return None
@@ -86,7 +92,24 @@ class EInvoiceExtractor:
         """The e-invoice in ``data`` (a PDF or an XML file); ``None`` if there is none."""
         if is_pdf(data):
             xml = find_invoice_xml(embedded_files(data, names=INVOICE_XML_NAMES))
-            return None if xml is None else parse_einvoice(xml)
+            return None if xml is None else _embedded_invoice(xml)
         if data.lstrip(_XML_LEAD).startswith(b"<"):
             return parse_einvoice(data)
         return None
+
+
+def _embedded_invoice(xml: bytes) -> Invoice | None:
+    """The invoice in a PDF's embedded XML; ``None`` when that copy is damaged.
+
+    A damaged embedded file (pypdf hands over what it could inflate of a broken stream)
+    is no reason to fail the document: its pages still show the invoice, for the next
+    extractor to read. Hostile XML (``UnsafeXmlError``) is still refused.
+    """
+    try:
+        root = parse_xml(xml.lstrip(b" \t\r\n"))
+    except UnsafeXmlError:
+        raise
+    except BadInputError as exc:
+        _log.info("embedded invoice XML unreadable, reading the pages instead: %s", exc)
+        return None
+    return _invoice(root)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from itertools import takewhile
@@ -27,6 +27,13 @@ __all__ = ["OfflineExtractor", "detect_currency", "parse_amount", "parse_date", 
 T = TypeVar("T")
 Lines = Sequence[str]
 MAX_PAGES = 10  # header and totals of an invoice come early; bounds the work on huge PDFs
+#: Only this much of a text layer is read (the corpus's longest text has 4,200 characters).
+MAX_TEXT_CHARS = 200_000
+#: Longer lines are cut to this length before matching (the corpus's longest has 183).
+MAX_LINE_CHARS = 2_000
+# A label repeated all over one line: only its first and last few hits are looked at, so a
+# line costs at most this many value searches (each reads the rest of the line).
+_MAX_HITS_PER_LINE = 8
 
 
 # In label patterns ``\b`` is a *letter* boundary: pypdf glues values to labels ("2015Invoice").
@@ -42,12 +49,13 @@ def _rx(*alternatives: str) -> re.Pattern[str]:
 
 _AMOUNT = re.compile(
     r"(?<![\w.,\-−])(?P<sign>[-−])?"
-    r"(?P<num>\d{1,3}(?:[.,']\d{3})+(?:[.,]\d{1,4})?"  # 1.234,56  1,234.56  1'234.56
-    r"|\d{1,3}(?:[ \u00a0\u202f]\d{3})+,\d{1,4}"  # 1 234,56: space groups only before a comma
+    r"(?P<num>\d{1,3}(?:[.,']\d{3}){1,6}(?:[.,]\d{1,4})?"  # 1.234,56  1,234.56  1'234.56
+    r"|\d{1,3}(?:[ \u00a0\u202f]\d{3}){1,6},\d{1,4}"  # 1 234,56: space groups only before a comma
     r"|\d+(?:[.,]\d{1,4})?)"
     r"(?!\d|[.,]\d)"
 )
-_PERCENT = re.compile(r"[-−]?\d+(?:[.,]\d+)?\s?%")
+# Never starting inside a run of digits: from each of its digits the run was read again.
+_PERCENT = re.compile(r"[-−]?(?<!\d)\d+(?:[.,]\d+)?\s?%")
 _MONTH_NAMES = (  # EN, DE, FR, NL names and abbreviations of each month
     "january jan januar jänner janvier janv januari", "february feb februar février févr fév",
     "march mar märz maerz mrz mars maart mrt", "april apr avril avr", "may mai mei",
@@ -56,12 +64,14 @@ _MONTH_NAMES = (  # EN, DE, FR, NL names and abbreviations of each month
     "december dec dezember dez décembre déc",
 )  # fmt: skip
 _MONTHS = {name: n for n, names in enumerate(_MONTH_NAMES, start=1) for name in names.split()}
+# re.IGNORECASE also matches these four to ASCII letters, which ``str.lower`` does not map.
+_ASCII_FOLD = str.maketrans({"İ": "i", "ı": "i", "ſ": "s", "\u212a": "k"})
 _MONTH = "|".join(sorted(map(re.escape, _MONTHS), key=len, reverse=True))
 _DATE = re.compile(
     r"(?<![\d.,/-])(?P<iy>\d{4})-(?P<im>\d{1,2})-(?P<id>\d{1,2})(?!\d)"
     r"|(?<![\d.,/-])(?P<a>\d{1,2})(?P<sep>[./-])(?P<b>\d{1,2})(?P=sep)(?P<y>\d{4}|\d{2})(?![.,]?\d)"
     rf"|(?<!\d)(?P<td>\d{{1,2}})(?:er|st|nd|rd|th)?\.?\s*(?P<tm>{_MONTH})\b\.?,?\s+(?P<ty>\d{{4}})"
-    rf"|\b(?P<um>{_MONTH})\b\.?\s+(?P<ud>\d{{1,2}})(?:st|nd|rd|th)?\s*,?\s*(?P<uy>\d{{4}})(?!\d)",
+    rf"|\b(?P<um>{_MONTH})\b\.?\s+(?P<ud>\d{{1,2}})(?:st|nd|rd|th)?\s*+,?\s*+(?P<uy>\d{{4}})(?!\d)",
     re.IGNORECASE,
 )
 _ISO_CODES = "EUR|USD|GBP|INR|CHF|JPY|CAD|AUD|SEK|NOK|DKK|PLN|CZK|HUF|CNY"
@@ -70,7 +80,7 @@ _CURRENCY = re.compile(
     r"|[€$£₹]|(?i:\bRs\.?(?=\s?-?\d)|\beuros?\b)|(?i:\bUS\s+dollars?\b)"
 )
 _CURRENCY_LABEL = re.compile(
-    rf"(?i:währung|currency|devise|valuta|beträge\s+in|amounts?\s+in)\s*:?\s*({_ISO_CODES})\b"
+    rf"(?i:währung|currency|devise|valuta|beträge\s+in|amounts?\s+in)\s*+:?\s*+({_ISO_CODES})\b"
 )
 _SYMBOLS = {"€": "EUR", "$": "USD", "£": "GBP", "₹": "INR", "rs": "INR", "euro": "EUR", "us": "USD"}
 
@@ -116,13 +126,22 @@ def _to_date(m: re.Match[str], month_first: bool) -> dt.date | None:
             d, mo = mo, d
         y += 2000 if y < 70 else 1900 if y < 100 else 0
     elif m["td"]:
-        y, mo, d = int(m["ty"]), _MONTHS[m["tm"].lower()], int(m["td"])
+        y, mo, d = int(m["ty"]), _month(m["tm"]), int(m["td"])
     else:
-        y, mo, d = int(m["uy"]), _MONTHS[m["um"].lower()], int(m["ud"])
+        y, mo, d = int(m["uy"]), _month(m["um"]), int(m["ud"])
     try:
         return dt.date(y, mo, d) if 1970 <= y < 2100 else None
     except ValueError:
         return None
+
+
+def _month(name: str) -> int:
+    """The number of a month name as ``_DATE`` matched it ("Maı" and "Auguſt" included)."""
+    folded = name.translate(_ASCII_FOLD).lower()
+    if folded in _MONTHS:
+        return _MONTHS[folded]
+    # Any other spelling the case-insensitive match allowed: ask the regex engine itself.
+    return next(n for key, n in _MONTHS.items() if re.fullmatch(re.escape(key), name, re.I))
 
 
 def _dates(text: str, *, month_first: bool = False) -> list[dt.date]:
@@ -141,7 +160,7 @@ def detect_currency(text: str) -> str | None:
     """ISO 4217 code: a labelled one ("Währung: EUR"), else the most frequent code or symbol."""
     if labelled := _CURRENCY_LABEL.search(text):
         return labelled[1]
-    found = [m[0] for m in _CURRENCY.finditer(text)]
+    found = [m[0].translate(_ASCII_FOLD) for m in _CURRENCY.finditer(text)]
     codes = [next((c for s, c in _SYMBOLS.items() if f.lower().startswith(s)), f) for f in found]
     return Counter(codes).most_common(1)[0][0] if codes else None
 
@@ -191,7 +210,8 @@ _GROSS_TIERS = (
         r"\btotal\s+TTC|\bmontant\s+TTC|\bTTC\b|\bmontant\s+total",
         r"factuur\s*totaal|\btotaal\s*(?:incl\w*|bedrag)|totaalbedrag"),
     # a plain "Total" on a line that names no net or tax amount
-    _rx(r"^(?!.*\b(?:sub|net|netto|HT|excl\w*|tax\w*|vat|tva|btw|mwst|ust|\w*steuer)\b).*?"
+    # ("\b\w*steuer\b" is "steuer\b": a letter boundary always starts the word it ends)
+    _rx(r"^(?!.*(?:\b(?:sub|net|netto|HT|excl\w*|tax\w*|vat|tva|btw|mwst|ust)\b|steuer\b)).*?"
         r"(?<![\w-])(?:total|totaal)\b"),
 )
 _DUE_TIERS = (
@@ -210,9 +230,10 @@ _TAX_TIERS = (
         r"\bmontant\s+(?:de\s+la\s+)?TVA|steuerbetrag|\b(?:mwst|ust)\.?-?\s*betrag",
         r"umsatzsteuerbetrag|\bbtw[-\s]*bedrag|\btotaal\s+btw"),
 )
-_SELLER_HEADER = _rx(r"^\s*(?:(?P<before>.+?)[,\s]*)?(?:verkäufer|lieferant|rechnungsersteller"
-                     r"|seller|supplier|vendor|service\s+provider|sold\s+by|fournisseur|vendeur"
-                     r"|leverancier|verkoper)\s*(?::\s*(?P<after>.*?))?\s*$")
+# A seller label ending its line or followed by ":" (see ``_seller_header``).
+_SELLER_LABEL = _rx(r"(?:verkäufer|lieferant|rechnungsersteller|seller|supplier|vendor"
+                    r"|service\s+provider|sold\s+by|fournisseur|vendeur|leverancier|verkoper)"
+                    r"(?=\s*+(?::|$))")
 _BUYER_HEADER = _rx(r"^\s*(?:käufer|rechnungsempfänger|leistungsempfänger|bill(?:ed)?\s+to|buyer"
                     r"|customer|client|acheteur|destinataire|klant|afnemer|billing\s+address)\b")
 _BUYER_LINE = _rx(r"client|customer|kunde|käufer|klant|\buw\b|\byour\b|buyer|acheteur")
@@ -223,10 +244,11 @@ _VAT_LABEL = _rx(r"\bust\.?[-\s]*id\w*\.?(?:[-\s]*nr\.?)?|umsatzsteuer[-\s]*id\w
                  r"\bbtw\b(?:[-\s]*(?:nummer|nr|id)\.?)?",
                  r"\btva\b(?:\s*intra\w*(?:\s*communautaire)?)?")
 # fmt: on
-_NUMBER_TOKEN = re.compile(r"\s*[:.#]?\s*(?:#\s*)?([A-Za-z0-9][\w./\-]*)")
-_VAT_ID = re.compile(r"\s*[:.]?\s*([A-Z]{2})\s?((?:U|[0-9A-Z]{2})?\d[\d .]{6,14}\d(?:B\d\d)?)")
+# Possessive "\s*+": two optional runs of spaces in a row must not trade spaces (cubic).
+_NUMBER_TOKEN = re.compile(r"\s*+[:.#]?\s*+(?:#\s*+)?([A-Za-z0-9][\w./\-]*+)")
+_VAT_ID = re.compile(r"\s*+[:.]?\s*+([A-Z]{2})\s?((?:U|[0-9A-Z]{2})?\d[\d .]{6,14}\d(?:B\d\d)?)")
 # "Muster AG - Hauptstr. 4 - D-12345 Musterstadt": the sender line above the address window
-_RETURN_ADDRESS = re.compile(r"^\s*([^\-–|\n]{3,60}?)\s+[-–|]\s+.*\b\d{4,5}\s+\w")
+_RETURN_ADDRESS = re.compile(r"^\s*+([^\s\-–|][^\-–|\n]{2,59}?)\s+[-–|]\s+[^\n]*\b\d{4,5}\s+\w")
 _PAGE_MARKER = re.compile(r"^--- page \d+ ---$")
 
 # ------------------------------------------------------------------------ value finders
@@ -242,12 +264,21 @@ def _scan(
         hits = [
             (v, i)
             for i, line in enumerate(lines)
-            for m in pattern.finditer(line)
+            for m in _label_hits(pattern, line)
             if (v := value(lines, i, m)) is not None
         ]
         if hits:
             return hits[-1] if last else hits[0]
     return None
+
+
+def _label_hits(pattern: re.Pattern[str], line: str) -> list[re.Match[str]]:
+    """The label's matches on ``line``: all of them, or the first and last few of many."""
+    head: list[re.Match[str]] = []
+    tail: deque[re.Match[str]] = deque(maxlen=_MAX_HITS_PER_LINE // 2)
+    for m in pattern.finditer(line):
+        (head if len(head) < _MAX_HITS_PER_LINE // 2 else tail).append(m)
+    return head + list(tail)
 
 
 def _column_total(lines: Lines, i: int) -> Decimal | None:
@@ -308,12 +339,32 @@ def _clean(name: str) -> str:
     return " ".join(name.split()).strip(" ,:")
 
 
+def _seller_header(line: str) -> tuple[str, str] | None:
+    """(text before, text after ":") of a seller heading line, ``None`` if it is none.
+
+    Like ``^\\s*(?:(.+?)[,\\s]*)?LABEL\\s*(?::\\s*(.*?))?\\s*$`` (the leftmost label after some
+    text, else one at the start), in linear time: that regex was cubic on a run of spaces.
+    """
+    start = len(line) - len(line.lstrip())
+    chosen = None
+    for m in _SELLER_LABEL.finditer(line):
+        chosen = m
+        if m.start() > start:
+            break
+    if chosen is None:
+        return None
+    before = line[start : chosen.start()] if chosen.start() > start else ""
+    after = line[chosen.end() :].lstrip()
+    return before, after[1:].strip() if after.startswith(":") else ""
+
+
 def _seller_name(lines: Lines) -> str | None:
     """The name under a seller heading ("Verkäufer", "Sold By" …), else the sender line."""
     for i, line in enumerate(lines):
-        if not (m := _SELLER_HEADER.match(line)):
+        if not (heading := _seller_header(line)):
             continue
-        if inline := _clean(m["after"] or m["before"] or ""):
+        before, after = heading
+        if inline := _clean(after or before):
             return inline
         name_follows = False
         for j in range(i + 1, min(i + 6, len(lines))):
@@ -334,7 +385,7 @@ def _seller_name(lines: Lines) -> str | None:
 def _seller_vat_id(lines: Lines) -> str | None:
     buyer_block_end = -1  # ids in the few lines under a buyer heading are the buyer's
     for i, line in enumerate(lines):
-        if _BUYER_HEADER.match(line) or _SELLER_HEADER.match(line):
+        if _BUYER_HEADER.match(line) or _seller_header(line):
             buyer_block_end = i + 8 if _BUYER_HEADER.match(line) else -1
         if i <= buyer_block_end or _BUYER_LINE.search(line):
             continue
@@ -349,6 +400,8 @@ def _seller_vat_id(lines: Lines) -> str | None:
 
 def parse_text(text: str) -> Invoice | None:
     """An invoice from a PDF text layer, or ``None`` when the text is clearly not one."""
+    # Bounded work whatever the text: a hostile PDF can hold megabytes on one line.
+    text = "\n".join(line[:MAX_LINE_CHARS] for line in text[:MAX_TEXT_CHARS].splitlines())
     lines = [line for line in text.splitlines() if not _PAGE_MARKER.match(line)]
     gross = _scan(lines, _GROSS_TIERS, _amount_value, last=True)
     due = _scan(lines, _DUE_TIERS, _amount_value, last=True)

@@ -30,6 +30,7 @@ __all__ = ["PDF_MAGIC", "embedded_files", "first_pages", "is_pdf", "open_pdf", "
 
 # pypdf logs every recoverable oddity at WARNING; in a mail pipeline these are noise.
 logging.getLogger("pypdf").setLevel(logging.ERROR)
+_log = logging.getLogger(__name__)
 # PDFium is not thread-safe, not even for different documents: one call at a time.
 _PDFIUM = threading.Lock()
 # PDFium marks a hyphen at a line break as U+0002; pypdf and people write "-".
@@ -129,15 +130,31 @@ def embedded_files(data: bytes, names: Collection[str] | None = None) -> list[tu
 
     With ``names`` (lowercase), only files of those names (any directory, any case) are
     read: a PDF may embed a 20 MB scan archive next to a 20 KB invoice XML.
+
+    An entry that cannot be read (a file spec without its stream, a broken stream, a
+    damaged name tree from there on) is left out, never an error: the embedded files are
+    an extra, and the pages of such a PDF may still be read. Raises ``BadDocumentError``
+    only for a PDF that cannot be opened at all (``open_pdf``).
     """
     reader = open_pdf(data)
-    with _translated("unreadable PDF attachments"):
-        found = []
-        for attachment in reader.attachment_list:
+    found = []
+    entries = reader.attachment_list
+    while True:
+        try:  # pypdf walks the name tree lazily: any step of it may meet the damage
+            attachment = next(entries)
+        except StopIteration:
+            break
+        except Exception as exc:  # pypdf raises many types on broken input; see module docstring
+            _log.info("embedded files: name tree unreadable, %s: %s", type(exc).__name__, exc)
+            break
+        try:
             name = attachment.name
             if names is not None and name.rsplit("/", 1)[-1].strip().lower() not in names:
                 continue
             content = attachment.content
-            if content:
-                found.append((name, content))
-        return found
+        except Exception as exc:
+            _log.info("embedded file skipped, %s: %s", type(exc).__name__, exc)
+            continue
+        if content:
+            found.append((name, content))
+    return found

@@ -286,6 +286,9 @@ def _filename(params: dict[str, str]) -> str | None:
                 value = (value[0], value[1], unquote(value[2]))
             name = None if value is None else collapse_rfc2231_value(value)
         name = name or params.get(key)
+        if name and len(name) > mime.MAX_HEADER_CHARS:
+            # Decoding encoded words takes superlinear time: cut like parse_mail cuts headers.
+            name = mime._cap_header("filename", name)
         if name and "=?" in name:
             with contextlib.suppress(ValueError, LookupError, UnicodeError, HeaderParseError):
                 name = str(make_header(decode_header(name)))
