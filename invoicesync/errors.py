@@ -12,6 +12,7 @@ Errors are classified by *what to do about them*, not by where they come from::
     │       ├── MalformedMailError
     │       ├── BadDocumentError
     │       ├── UnsafeXmlError
+    │       ├── SchemaMismatch     the model's answer is not a valid invoice (asked again once)
     │       ├── WorkerMemoryError  the document needed more than a worker may use
     │       └── MailQuarantined    a mail that used up its attempts without finishing
     ├── TransientError             may succeed later: retry with backoff, else leave pending
@@ -50,6 +51,7 @@ __all__ = [
     "QuotaError",
     "RateLimitedError",
     "RunAborted",
+    "SchemaMismatch",
     "ServerError",
     "StoreBusyError",
     "TransientError",
@@ -135,6 +137,16 @@ class WorkerMemoryError(BadInputError):
     """Parsing one item needed more memory than a worker process may use."""
 
     kind = "memory"
+
+
+class SchemaMismatch(BadInputError):
+    """The model's answer is not a valid invoice; ``detail`` says why (asked again once)."""
+
+    kind = "schema_mismatch"
+
+    def __init__(self, detail: str, *, stage: str | None = None) -> None:
+        super().__init__(detail, stage=stage)
+        self.detail = detail
 
 
 class MailQuarantined(BadInputError):

@@ -36,6 +36,7 @@ from invoicesync.errors import (
     OperationTimeout,
     QuotaError,
     RateLimitedError,
+    SchemaMismatch,
     ServerError,
 )
 from invoicesync.extract import prompt
@@ -215,11 +216,11 @@ class OpenAIExtractor:
         estimate = input_tokens + _ANSWER_TOKENS
         try:
             llm = self._ask(conversation, estimate, reading, deadline)
-        except _SchemaMismatch as first:
+        except SchemaMismatch as first:
             conversation = [*conversation, prompt.schema_retry_message(first.detail)]
             try:
                 llm = self._ask(conversation, estimate, reading, deadline)
-            except _SchemaMismatch as second:
+            except SchemaMismatch as second:
                 raise BadInputError(
                     f"openai {self.model}: model output does not match the schema: {second.detail}",
                     stage=_STAGE,
@@ -241,7 +242,7 @@ class OpenAIExtractor:
         reading: Reading,
         deadline: Deadline,
     ) -> LlmInvoice:
-        # _SchemaMismatch is no TransientError: the policy and the breaker pass it through.
+        # SchemaMismatch is no TransientError: the policy and the breaker pass it through.
         def attempts() -> LlmInvoice:
             return self.retry.call(
                 lambda: self._call(conversation, estimate, reading, deadline), deadline=deadline
@@ -256,7 +257,7 @@ class OpenAIExtractor:
         reading: Reading,
         deadline: Deadline,
     ) -> LlmInvoice:
-        """One request; the answer parsed, or ``_SchemaMismatch``."""
+        """One request; the answer parsed, or ``SchemaMismatch``."""
         self._raise_if_refused()
         if self._limiter is not None:
             self._limiter.acquire(estimate, deadline=deadline)
@@ -288,7 +289,7 @@ class OpenAIExtractor:
                 try:
                     completion = raw.parse()
                 except pydantic.ValidationError as exc:
-                    raise _SchemaMismatch(_summary(exc)) from exc
+                    raise SchemaMismatch(_summary(exc)) from exc
         if not completion.choices:
             raise ServerError(f"openai {self.model}: answer without choices", stage=_STAGE)
         message = completion.choices[0].message
@@ -298,7 +299,7 @@ class OpenAIExtractor:
                 f"openai {self.model}: the model refused: {refusal[:_MAX_TEXT]}", stage=_STAGE
             )
         if message.parsed is None:
-            raise _SchemaMismatch("the answer is empty")
+            raise SchemaMismatch("the answer is empty")
         return message.parsed
 
     @contextlib.contextmanager
@@ -342,14 +343,6 @@ class OpenAIExtractor:
             self.prompt_tokens += sent
             self.completion_tokens += received
         return sent + received
-
-
-class _SchemaMismatch(Exception):
-    """The model's answer is not a valid ``LlmInvoice``; ``detail`` says why."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
 
 
 def _summary(exc: pydantic.ValidationError) -> str:
