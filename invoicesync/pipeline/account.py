@@ -89,6 +89,7 @@ class AccountJob:
         finally:
             ctx.switch.unregister(closer)
             source.close()
+            ingestion.close()
             downloads.close()
             stats = getattr(source, "stats", None)
             if stats is not None:

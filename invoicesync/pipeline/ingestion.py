@@ -13,7 +13,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 
 from invoicesync.errors import BugError, InvoiceSyncError, MailQuarantined
@@ -24,6 +27,7 @@ from invoicesync.models import MailRef, ParsedMail
 from invoicesync.pipeline import outcomes, stages
 from invoicesync.pipeline.context import AccountScope, RunContext
 from invoicesync.pipeline.downloads import LinkDownloads
+from invoicesync.pipeline.mail_reader import MailResult
 from invoicesync.pipeline.mail_records import Ingested, MailRecords
 from invoicesync.pipeline.outcomes import Outcome, Stage
 from invoicesync.pipeline.summary import AccountSummary
@@ -38,8 +42,20 @@ log = logging.getLogger(__name__)
 _KEY_CHUNK = 500
 # Mails fetched, then walked, as one group.
 _GROUP = 50
-# Raw mail walked in one worker call at most: a batch must not hold much memory.
-_PARSE_BYTES = 16 * 1024 * 1024
+# One worker call walks up to this many mails or bytes of raw mail: big enough that a
+# call's cost vanishes, small enough that every worker gets a batch while the run's
+# own thread fetches the next one, and that a batch never holds much memory.
+_WALK_MAILS = 16
+_WALK_BYTES = 4 * 1024 * 1024
+
+
+@dataclass
+class _Walk:
+    """Mails fetched (in folder order) and their walk in a worker, maybe still going."""
+
+    fetched: list[tuple[MailRef, bytes]]
+    quarantined: dict[str, str]
+    future: Future[list[MailResult]]
 
 
 class Ingestion:
@@ -56,6 +72,13 @@ class Ingestion:
         self.scope = scope
         self.records = records
         self.downloads = downloads
+        # Walks in flight, oldest first: ingested strictly in folder order.
+        self._inflight: deque[_Walk] = deque()
+        self._walkers: ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        if self._walkers is not None:
+            self._walkers.shutdown(wait=True, cancel_futures=True)
 
     def _lease_lost(self) -> bool:
         return self.scope.lease is not None and self.scope.lease.lost.is_set()
@@ -74,8 +97,11 @@ class Ingestion:
             # again; not once the lease is lost (another run may be storing them), and
             # never at the cost of the error that stopped us.
             if self._lease_lost():
+                self._inflight.clear()
                 self.records.drop()
             else:
+                with contextlib.suppress(Exception):
+                    self._drain(account_id, summary, stopping=True)
                 with contextlib.suppress(Exception):
                     self.records.commit(account_id, summary)
             raise
@@ -112,6 +138,7 @@ class Ingestion:
             if stored_before(ref):
                 self._ingest_group(source, account_id, group, summary)
                 group = []
+                self._drain(account_id, summary)
                 self.records.commit(account_id, summary)
                 self.ctx.tx(
                     partial(self.records.record_seen_before, account_id=account_id, ref=ref)
@@ -122,6 +149,7 @@ class Ingestion:
                 self._ingest_group(source, account_id, group, summary)
                 group = []
         self._ingest_group(source, account_id, group, summary)
+        self._drain(account_id, summary)
         self.records.commit(account_id, summary)
         current = source.position(folder)
         if current is None or current.uidvalidity is None:
@@ -138,6 +166,7 @@ class Ingestion:
                 self._ingest_group(source, account_id, group, summary)
                 group = []
         self._ingest_group(source, account_id, group, summary)
+        self._drain(account_id, summary)
 
     def _new_refs(
         self,
@@ -177,9 +206,11 @@ class Ingestion:
     ) -> None:
         """Mails in folder order: fetched, walked in workers a batch at a time, ingested.
 
-        A failure is recorded in its place in the folder order, after the mails
-        before it. On a stop, the mails already fetched are still walked and
-        ingested (``_ingest_folder`` then commits them), so as not to fetch them again.
+        While the workers walk, this thread fetches the next batch; the walks are
+        ingested in folder order as they end (``_drain`` waits for all). A failure is
+        recorded in its place in the folder order, after the mails before it. On a
+        stop, the mails already fetched are still walked and ingested
+        (``ingest_folder`` then commits them), so as not to fetch them again.
         """
         fetched: list[tuple[MailRef, bytes]] = []
         size = 0
@@ -206,15 +237,16 @@ class Ingestion:
                     continue
                 fetched.append((ref, raw))
                 size += len(raw)
-                if size >= _PARSE_BYTES:
-                    self._walk(account_id, fetched, summary)
+                if size >= _WALK_BYTES or len(fetched) >= _WALK_MAILS:
+                    self._submit(account_id, fetched, summary)
                     fetched, size = [], 0
         except BaseException:
-            if fetched and not self._lease_lost():
+            if not self._lease_lost():
                 with contextlib.suppress(Exception):
-                    self._walk(account_id, fetched, summary, stopping=True)
+                    self._submit(account_id, fetched, summary, stopping=True)
+                    self._drain(account_id, summary, stopping=True)
             raise
-        self._walk(account_id, fetched, summary)
+        self._submit(account_id, fetched, summary)
 
     def _fetch(self, source: MailSource, ref: MailRef) -> bytes:
         if source.endpoint is None:
@@ -222,6 +254,13 @@ class Ingestion:
         return self.ctx.breakers.for_endpoint(source.endpoint).call(lambda: source.fetch(ref))
 
     def _walk(
+        self, account_id: int, fetched: list[tuple[MailRef, bytes]], summary: AccountSummary
+    ) -> None:
+        """Walk and ingest ``fetched`` now, after every walk in flight (before a failure)."""
+        self._submit(account_id, fetched, summary)
+        self._drain(account_id, summary)
+
+    def _submit(
         self,
         account_id: int,
         fetched: list[tuple[MailRef, bytes]],
@@ -229,35 +268,72 @@ class Ingestion:
         *,
         stopping: bool = False,
     ) -> None:
-        """The MIME walk of ``fetched`` in a worker, then each mail ingested in order.
+        """Start the MIME walk of ``fetched`` in a worker; ingest the walks that are due.
 
         The attempts count first, in one committed transaction: a run that dies in
         the walk (or later, on a link or the disk) has counted them, and a mail that
-        used up its attempts that way is quarantined here instead of walked again.
+        used up its attempts that way is quarantined instead of walked again.
         """
-        if not fetched:
-            return
-        quarantined = self.ctx.tx(
-            partial(
-                attempts.start_messages,
-                account=account_id,
-                refs=[ref for ref, _ in fetched],
-                owner=self.ctx.owner,
-                max_attempts=self.ctx.settings.retries.item_attempts,
+        if fetched:
+            quarantined = self.ctx.tx(
+                partial(
+                    attempts.start_messages,
+                    account=account_id,
+                    refs=[ref for ref, _ in fetched],
+                    owner=self.ctx.owner,
+                    max_attempts=self.ctx.settings.retries.item_attempts,
+                )
             )
-        )
-        raws = [raw for ref, raw in fetched if ref.key not in quarantined]
-        label = f"{len(raws)} mail(s) from {fetched[0][0].folder} (walk)"
-        with self.ctx.switch.working(label):
+            raws = [raw for ref, raw in fetched if ref.key not in quarantined]
             # While stopping, the walk is bounded by the grace period, not the stop.
             check = None if stopping else self.scope.check_item
-            parsed = iter(self.ctx.mails.parse(raws, check=check))
-        for ref, _ in fetched:
+            label = f"{len(raws)} mail(s) from {fetched[0][0].folder} (walk)"
+            walk = partial(self._parse, raws, check, label)
+            if stopping or len(raws) == 0:
+                future: Future[list[MailResult]] = Future()
+                future.set_result(walk())
+            else:
+                future = self._executor().submit(walk)
+            self._inflight.append(_Walk(list(fetched), quarantined, future))
+        # One walk per worker in flight; the oldest is ingested once more are waiting.
+        while len(self._inflight) > self.ctx.mails.pool.processes:
+            self._finish(account_id, self._inflight.popleft(), summary, stopping=stopping)
+
+    def _parse(
+        self, raws: list[bytes], check: Callable[[], None] | None, label: str
+    ) -> list[MailResult]:
+        with self.ctx.switch.working(label):
+            return self.ctx.mails.parse(raws, check=check)
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._walkers is None:
+            self._walkers = ThreadPoolExecutor(
+                self.ctx.mails.pool.processes, thread_name_prefix="walk"
+            )
+        return self._walkers
+
+    def _drain(self, account_id: int, summary: AccountSummary, *, stopping: bool = False) -> None:
+        """Ingest every walk in flight, in folder order."""
+        while self._inflight:
+            self._finish(account_id, self._inflight.popleft(), summary, stopping=stopping)
+
+    def _finish(
+        self, account_id: int, walk: _Walk, summary: AccountSummary, *, stopping: bool
+    ) -> None:
+        if stopping:
+            try:
+                results = walk.future.result()
+            except BaseException:  # the stop cut this walk off: its mails wait for a run
+                return
+        else:
+            results = walk.future.result()  # a stop or deadline raised in the walk: ours
+        parsed = iter(results)
+        for ref, _ in walk.fetched:
             with (
                 log_context(stage="ingest", message_key=ref.key, document=None),
                 self.ctx.switch.working(f"mail {ref.folder}:{ref.key[:12]}"),
             ):
-                reason = quarantined.get(ref.key)
+                reason = walk.quarantined.get(ref.key)
                 if reason is not None:
                     log.warning("account=%s key=%s %s", ref.account, ref.key[:12], reason)
                     self.records.message_failed(
