@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import zlib
 
+from tests.pdfs import pdf_of
+
 __all__ = ["fanout_pdf", "flate_bomb_pdf"]
 
 
 def _pdf(objects: list[bytes]) -> bytes:
-    """A PDF of ``objects`` (object 1 the catalog), with a correct xref table."""
-    out, offsets = bytearray(b"%PDF-1.5\n"), []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1,
-        xref,
-    )
-    return bytes(out)
+    return pdf_of(objects, version=b"1.5")
 
 
 def _stream(data: bytes, extra: bytes = b"", *, compress: bool = True) -> bytes:

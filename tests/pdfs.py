@@ -23,15 +23,17 @@ def text_pdf(*pages: list[str]) -> bytes:
         objects.append(b"<< /Length %d >>\nstream\n" % len(ops) + ops + b"\nendstream")
     objects[1] = f"<< /Type /Pages /Kids [{' '.join(kids)}] /Count {len(pages)} >>".encode()
     objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
-    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    return pdf_of(objects, version=b"1.4")
+
+
+def pdf_of(objects: list[bytes], *, version: bytes = b"1.7") -> bytes:
+    """A PDF of ``objects`` (object 1 the catalog), with a correct xref table."""
+    out, offsets = bytearray(b"%%PDF-%s\n" % version), []
     for number, body in enumerate(objects, start=1):
         offsets.append(len(out))
         out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
     xref = len(out)
     out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
     out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1,
-        xref,
-    )
-    return bytes(out)
+    trailer = b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n"
+    return bytes(out + trailer % (len(objects) + 1, xref))

@@ -38,6 +38,7 @@ from invoicesync.mail.mime import (
     parse_mail,
 )
 from invoicesync.mail.structure import plan_fetch
+from tests.pdfs import pdf_of
 
 T = TypeVar("T")
 BOUND = 2.0  # seconds; every input below took far longer before its fix
@@ -392,16 +393,7 @@ def test_undecodable_forwarded_mail_beside_a_pdf_is_skipped() -> None:
 
 
 def _pdf(objects: list[bytes]) -> bytes:
-    """A PDF of ``objects`` (object 1 the catalog), with a correct xref table."""
-    out, offsets = bytearray(b"%PDF-1.7\n"), []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    trailer = b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n"
-    return bytes(out + trailer % (len(objects) + 1, xref))
+    return pdf_of(objects)
 
 
 def _stream(data: bytes, extra: bytes = b"") -> bytes:
