@@ -76,7 +76,29 @@ def timed(args: list[str], *, cwd: Path, env: dict[str, str] | None = None) -> t
     forks with vfork, so that address space is ours — hundreds of MB once mailboxes have
     been generated. The launcher's own ~10 MB is the floor instead.
     """
+    wall, rss, _ = _launch(args, cwd=cwd, env=env, sample=False)
+    return wall, rss
+
+
+def timed_tree(
+    args: list[str], *, cwd: Path, env: dict[str, str] | None = None
+) -> tuple[float, int, int]:
+    """``timed``, plus the peak RSS (KiB) of the child and all its descendants together.
+
+    The tree (the run, its fork server and parsing workers) is sampled from ``/proc``
+    every 50 ms: a peak shorter than that can be missed, which ``wait4`` cannot report
+    for processes that are not our children.
+    """
+    return _launch(args, cwd=cwd, env=env, sample=True)
+
+
+def _launch(
+    args: list[str], *, cwd: Path, env: dict[str, str] | None, sample: bool
+) -> tuple[float, int, int]:
+    import threading
+
     read_end, write_end = os.pipe()
+    peak = [0]
     with tempfile.TemporaryFile() as err:
         try:
             process = subprocess.Popen(
@@ -89,14 +111,70 @@ def timed(args: list[str], *, cwd: Path, env: dict[str, str] | None = None) -> t
             )
         finally:
             os.close(write_end)
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.is_set():
+                launcher, total = tree_rss(process.pid)
+                own = _pss(process.pid, fallback=launcher)
+                peak[0] = max(peak[0], total - own)  # the launcher is not the run
+                done.wait(0.05)
+
+        sampler = threading.Thread(target=watch, daemon=True)
+        if sample:
+            sampler.start()
         with os.fdopen(read_end, "rb") as report:
             measured = report.read().split()
         returncode = process.wait()
+        done.set()
+        if sample:
+            sampler.join()
         if returncode != 0 or len(measured) != 2:
             err.seek(0)
             tail = err.read().decode("utf-8", "replace")[-2000:]
             raise RuntimeError(f"{' '.join(args[:5])} exited {returncode}: {tail}")
-    return float(measured[0]), int(measured[1])
+    return float(measured[0]), int(measured[1]), peak[0]
+
+
+def tree_rss(root: int) -> tuple[int, int]:
+    """(RSS of ``root``, memory of ``root`` and all its descendants together), KiB.
+
+    The total adds up each process's PSS (``smaps_rollup``): workers forked from one fork
+    server share its pages, which RSS would count once per process, while the kernel (and
+    a container's memory limit) charges them once. Without PSS, RSS is added instead.
+    """
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        pid = int(entry.name)
+        parents[pid] = int(fields.get("PPid", "0").strip() or 0)
+        rss[pid] = int(fields["VmRSS"].split()[0]) if "VmRSS" in fields else 0
+    total = 0
+    for pid in rss:
+        ancestor = pid
+        while ancestor and ancestor != root:
+            ancestor = parents.get(ancestor, 0)
+        if ancestor == root:
+            total += _pss(pid, fallback=rss[pid])
+    return rss.get(root, 0), total
+
+
+def _pss(pid: int, *, fallback: int) -> int:
+    try:
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return fallback
+    for line in rollup.splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return fallback
 
 
 #: argv: report fd, then the command. Forks (so the command's pre-exec address space is this

@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import Context, Figure, invoicesync_command, median
+from bench.common import Context, Figure, invoicesync_command, median, tree_rss
 
 _COPIES = 4
 _REPEATS = 3
@@ -103,7 +103,7 @@ def _run(ctx: Context, work: Path, maildir: Path) -> tuple[float, int, int]:
 
     def sample() -> None:
         while not done.is_set():
-            own, total = _tree_rss(process.pid)
+            own, total = tree_rss(process.pid)
             peaks[0], peaks[1] = max(peaks[0], own), max(peaks[1], total)
             done.wait(0.05)
 
@@ -116,28 +116,3 @@ def _run(ctx: Context, work: Path, maildir: Path) -> tuple[float, int, int]:
     if code not in (0, 1):
         raise RuntimeError(f"invoicesync run exited {code} in {work}")
     return wall, peaks[0], peaks[1]
-
-
-def _tree_rss(root: int) -> tuple[int, int]:
-    """(RSS of ``root``, RSS of ``root`` and all its descendants), KiB, from /proc."""
-    parents: dict[int, int] = {}
-    rss: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            status = (entry / "status").read_text()
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        pid = int(entry.name)
-        parents[pid] = int(fields.get("PPid", "0").strip() or 0)
-        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) if "VmRSS" in fields else 0
-    total = 0
-    for pid in rss:
-        ancestor = pid
-        while ancestor and ancestor != root:
-            ancestor = parents.get(ancestor, 0)
-        if ancestor == root:
-            total += rss[pid]
-    return rss.get(root, 0), total

@@ -28,6 +28,7 @@ from bench.common import (
     label,
     last_run_counts,
     timed,
+    timed_tree,
 )
 from bench.mailbox import BenchServer, Mailbox, Mix, write_config
 
@@ -52,6 +53,8 @@ class Rung:
     noop_rss_kib: list[int] = field(default_factory=list)
     noop_summary: dict[str, Any] = field(default_factory=dict)
     search_s: list[float] = field(default_factory=list)  # the minimal no-op (noop.py)
+    #: Peak RSS of the sync's whole process tree (the run, fork server, workers), KiB.
+    sync_tree_kib: int = 0
 
 
 def ladder(ctx: Context) -> dict[int, Rung]:
@@ -95,9 +98,10 @@ def _climb(ctx: Context) -> dict[int, Rung]:
                 step = replace(previous, rung=Rung(size, False, 0, 0, {}, {}))
             box = step.box
             print(f"  {label(size)}: {box.bytes / 2**20:.0f} MiB, {box.kinds}", flush=True)
-            wall, rss = timed(step.command, cwd=step.work)
+            wall, rss, tree = timed_tree(step.command, cwd=step.work)
             [summary] = last_run_counts(step.work / "invoicesync.db")["accounts"]
             step.rung.sync_s, step.rung.sync_rss_kib, step.rung.summary = wall, rss, summary
+            step.rung.sync_tree_kib = tree
             step.rung.mailbox = {"mib": round(box.bytes / 2**20, 1), **box.kinds}
             rungs[size] = step.rung
             last.append(step)
@@ -145,6 +149,17 @@ def measure(ctx: Context) -> list[Figure]:
                 },
             )
         )
+        if rung.fresh:
+            figures.append(
+                Figure(
+                    f"peak_rss_all_processes_first_ingest_{label(size)}_mb",
+                    rung.sync_tree_kib / 1024,
+                    "MB",
+                    target=400,
+                    target_on="value",
+                    note="the run with its fork server and parsing workers (sampled every 50 ms)",
+                )
+            )
     if len(sizes) > 1:
         low, high = rungs[sizes[0]], rungs[sizes[-1]]
         figures.append(
