@@ -67,10 +67,11 @@ def dialect_insert(session: Session, table: Any) -> Any:
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    # WAL lets a reader (status, export) work while a run writes; busy_timeout makes
-    # two writers queue instead of failing at once.
-    cursor.execute("PRAGMA journal_mode=WAL")
+    # busy_timeout makes two writers queue instead of failing at once; it comes first,
+    # since switching a new database to WAL needs its lock too (processes starting at
+    # once on a fresh file). WAL lets a reader (status, export) work while a run writes.
     cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
