@@ -81,19 +81,29 @@ def timed(args: list[str], *, cwd: Path, env: dict[str, str] | None = None) -> t
 
 
 def timed_tree(
-    args: list[str], *, cwd: Path, env: dict[str, str] | None = None
+    args: list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    ok: tuple[int, ...] = (0,),
 ) -> tuple[float, int, int]:
-    """``timed``, plus the peak RSS (KiB) of the child and all its descendants together.
+    """``timed`` (the child may exit with any of ``ok``), plus the memory of the child
+    and all its descendants together (KiB, see ``tree_rss``).
 
     The tree (the run, its fork server and parsing workers) is sampled from ``/proc``
     every 50 ms: a peak shorter than that can be missed, which ``wait4`` cannot report
     for processes that are not our children.
     """
-    return _launch(args, cwd=cwd, env=env, sample=True)
+    return _launch(args, cwd=cwd, env=env, sample=True, ok=ok)
 
 
 def _launch(
-    args: list[str], *, cwd: Path, env: dict[str, str] | None, sample: bool
+    args: list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str] | None,
+    sample: bool,
+    ok: tuple[int, ...] = (0,),
 ) -> tuple[float, int, int]:
     import threading
 
@@ -129,7 +139,7 @@ def _launch(
         done.set()
         if sample:
             sampler.join()
-        if returncode != 0 or len(measured) != 2:
+        if returncode not in ok or len(measured) != 2:
             err.seek(0)
             tail = err.read().decode("utf-8", "replace")[-2000:]
             raise RuntimeError(f"{' '.join(args[:5])} exited {returncode}: {tail}")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from invoicesync import logs, malloc
 from invoicesync.config import Settings, config_path, load_settings
-from invoicesync.errors import ConfigError, FatalError, InvoiceSyncError, RunAborted
+from invoicesync.errors import ConfigError, ExitCode, FatalError, InvoiceSyncError, RunAborted
 from invoicesync.metrics import RunMetrics
 from invoicesync.pipeline.summary import RunResult
 
@@ -29,7 +29,13 @@ if TYPE_CHECKING:
 
 __all__ = ["main", "run_cli"]
 
-EXIT_OK, EXIT_PENDING, EXIT_USAGE, EXIT_FATAL, EXIT_ABORTED = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_PENDING, EXIT_USAGE, EXIT_FATAL, EXIT_ABORTED = (
+    ExitCode.OK,
+    ExitCode.PENDING,
+    ExitCode.USAGE,
+    ExitCode.FATAL,
+    ExitCode.ABORTED,
+)
 log = logging.getLogger("invoicesync")
 
 

@@ -41,6 +41,7 @@ __all__ = [
     "BadInputError",
     "BugError",
     "ConfigError",
+    "ExitCode",
     "FatalError",
     "InvoiceSyncError",
     "MailQuarantined",
@@ -230,3 +231,13 @@ class AccountStopped(BaseException):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+class ExitCode:
+    """The process's exit codes (README: Exit codes)."""
+
+    OK = 0
+    PENDING = 1  # some work failed transiently and waits for the next run
+    USAGE = 2  # configuration or command line
+    FATAL = 3  # an account or endpoint needs an operator
+    ABORTED = 4  # the watchdog stopped the run

@@ -22,6 +22,7 @@ from invoicesync.errors import (
 )
 from invoicesync.mail.mime import parse_mail
 from invoicesync.models import ParsedMail
+from invoicesync.pipeline.outcomes import Stage, as_error
 from invoicesync.resilience.processes import RemoteBug, WorkerPool
 
 __all__ = ["MailReader", "parse_mails"]
@@ -82,7 +83,6 @@ class MailReader:
 
 
 def _as_error(exc: Exception) -> InvoiceSyncError:
-    if isinstance(exc, InvoiceSyncError):
-        exc.stage = "ingest"
-        return exc
-    return BugError(str(exc), stage="ingest")
+    error = as_error(exc, Stage.INGEST)
+    error.stage = Stage.INGEST.value  # the pool names its own stage
+    return error

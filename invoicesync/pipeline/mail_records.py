@@ -185,11 +185,7 @@ class MailRecords:
             self.ctx.switch.raise_if_tripped()  # a failure the stop caused is not recorded
         self.commit(account_id, summary)  # the position must pass them first
         decision = outcomes.decide(exc, Stage.INGEST)
-        wanted = (
-            Status.FAILED_TRANSIENT
-            if decision.outcome is Outcome.RETRY_LATER
-            else Status.FAILED_FATAL
-        )
+        wanted = decision.status
         reason = f"{decision.kind}: {exc}"
 
         def record(session: Session) -> str:

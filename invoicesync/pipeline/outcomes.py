@@ -27,6 +27,7 @@ from invoicesync.errors import (
     BadInputError,
     BugError,
     ConfigError,
+    ExitCode,
     FatalError,
     InvoiceSyncError,
     RunAborted,
@@ -54,16 +55,6 @@ class Outcome(StrEnum):
     STOP_ENDPOINT = "stop_endpoint"
     LEAVE_UNTRIED = "leave_untried"
     BUG = "bug"
-
-
-class ExitCode:
-    """The process's exit codes (README: Exit codes)."""
-
-    OK = 0
-    PENDING = 1  # some work failed transiently and waits for the next run
-    USAGE = 2  # configuration or command line
-    FATAL = 3  # an account or endpoint needs an operator
-    ABORTED = 4  # the watchdog stopped the run
 
 
 @dataclass(frozen=True)

@@ -81,16 +81,8 @@ class Runner:
         )
         self.reader = DocumentReader(settings, self.extractors, self.pool, self.files)
         self.mails = MailReader(self.pool, timeout=settings.timeouts.extract_document)
-        #: Why the model endpoint must not be called again this run (shared by all accounts).
-        self.model_down: list[str] = []
-        self.source_factory = source_factory
-        self.max_bytes = int(settings.storage.max_document_mb * 1024 * 1024)
         self.run_id: int | None = None
-        self.owner = "unstarted"  # host:pid:run once the run row exists
         self.started_at = dt.datetime.now(dt.UTC)
-        #: Documents this run has claimed already: each is tried once per run.
-        self.tried_documents: set[int] = set()
-        self.tried_lock = threading.Lock()
         self.deadline = Deadline(settings.timeouts.run)
         self._store_retry = RetryPolicy(settings.retries, stage="store", cancel=self.switch.event)
         self.context = RunContext(
@@ -105,9 +97,6 @@ class Runner:
             deadline=self.deadline,
             tx=self.tx,
             source_factory=source_factory,
-            model_down=self.model_down,
-            tried_documents=self.tried_documents,
-            tried_lock=self.tried_lock,
         )
 
     # ------------------------------------------------------------------ run
@@ -118,14 +107,14 @@ class Runner:
         host = socket.gethostname()
         self.started_at = dt.datetime.now(dt.UTC)
         self.run_id = run_id = self.tx(lambda s: self._start(s, host))
-        self.owner = self.context.owner = leases.owner_id(run_id)
+        self.context.owner = leases.owner_id(run_id)
         with log_context(run_id=run_id):
             log.info("run %d started on %s%s", run_id, host, " as a worker" if worker else "")
             return self._run(run_id, worker)
 
     def _run(self, run_id: int, worker: bool) -> RunResult:
         result = RunResult(run_id=run_id, status="running")
-        claims = ClaimKeeper(self.db, self.owner, self.settings.leases.ttl)
+        claims = ClaimKeeper(self.db, self.context.owner, self.settings.leases.ttl)
         # A stop reaches a busy worker through its caller's check, which kills it within
         # a tenth of a second: the pool itself stays usable, so that mails already
         # fetched can still be walked and committed during the grace period.
@@ -198,7 +187,7 @@ class Runner:
                     lambda session: work.claim_due_account(
                         session,
                         by_name,
-                        owner=self.owner,
+                        owner=self.context.owner,
                         ttl=self.settings.leases.ttl,
                         due_before=due_before,
                     )
@@ -299,7 +288,7 @@ class Runner:
         assert self.run_id is not None
         account_id = self.tx(lambda s: repo.account_id(s, account.name))
         lease = LeaseKeeper(
-            self.db, work.account_lease(account.name), self.owner, self.settings.leases.ttl
+            self.db, work.account_lease(account.name), self.context.owner, self.settings.leases.ttl
         )
         try:
             acquired = lease.acquire()
