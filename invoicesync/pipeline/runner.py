@@ -13,7 +13,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict
 from functools import partial
 from typing import Any, TypeVar
@@ -44,6 +44,9 @@ from invoicesync.store.db import Database
 from invoicesync.store.files import DocumentFiles
 
 __all__ = ["AccountSummary", "RunResult", "Runner"]
+
+# How long the main thread blocks at a time while the accounts run (see _wait_awake).
+_NAP = 0.2
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -160,8 +163,7 @@ class Runner:
                 pool.submit(self._run_account, account, summary)
                 for account, summary in zip(self.settings.accounts, result.accounts, strict=True)
             ]
-            for future in futures:
-                future.result()  # re-raises RunAborted from any account
+            _wait_awake(futures)  # re-raises RunAborted from any account
 
     def _work_due_accounts(self, result: RunResult) -> None:
         """Claim due accounts one by one (``parallel_accounts`` at a time) until none is due.
@@ -213,8 +215,7 @@ class Runner:
 
         workers = max(1, min(self.settings.run.parallel_accounts, len(by_name)))
         with ThreadPoolExecutor(workers, thread_name_prefix="worker") as pool:
-            for future in [pool.submit(loop) for _ in range(workers)]:
-                future.result()
+            _wait_awake([pool.submit(loop) for _ in range(workers)])
 
     def _extract_backlog(self, result: RunResult) -> None:
         """Pending documents of any account, claimed in batches alongside other workers."""
@@ -316,3 +317,24 @@ class Runner:
             )
         if summary.status == "ok" and (summary.retry_later or summary.left_pending):
             summary.status = "partial"
+
+
+def _wait_awake(futures: list[Future[None]]) -> None:
+    """Wait for ``futures`` in short naps, then re-raise the first one's error.
+
+    Python runs signal handlers in the main thread only, between two bytecodes: a
+    main thread blocked in ``future.result()`` is woken by a signal only when the
+    kernel happens to deliver it to that thread, not to one of the run's many others,
+    and a SIGTERM would then wait for the whole run. Napping lets the handler run at
+    once, and the accounts see the stop at their next item.
+    """
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, timeout=_NAP, return_when=FIRST_EXCEPTION)
+        if any(future.exception() is not None for future in done):
+            break
+    for future in futures:
+        if future.done():
+            future.result()
+    for future in futures:
+        future.result()
